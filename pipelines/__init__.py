@@ -1,0 +1,1 @@
+"""unisup pipelines: ingest, signal producers, feature-store operations, training and evaluation."""
