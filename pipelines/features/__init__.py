@@ -1,0 +1,1 @@
+"""Feature-store operations over the Feast repo: apply, materialize, datasets, online reads."""

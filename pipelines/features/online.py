@@ -1,0 +1,36 @@
+"""Online feature reads for (query, item) pairs: one batched call for N pairs.
+
+Entity rows carry both keys, so Feast resolves pair views on (query_id, item_id), item views on
+item_id and query views on query_id inside the same call; on-demand views (the gate) run on the
+fetched values through the same function as in training sets.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+
+from pipelines.features.repo import feature_store
+from pipelines.workspace import Workspace
+
+
+class OnlineFeatures:
+    """Reads a FeatureService's features for pairs from the workspace's online store."""
+
+    def __init__(self, ws: Workspace, service: str = "retriever_online"):
+        self.ws = ws
+        self.store = feature_store(ws)
+        self.service = self.store.get_feature_service(service)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for p in self.service.feature_view_projections for f in p.features]
+
+    def get_online_features(self, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+        """Features for each (query_id, item_id) pair, in input order; missing values are null."""
+        rows = [{"query_id": q, "item_id": i} for q, i in pairs]
+        if not rows:
+            return pd.DataFrame(columns=["query_id", "item_id", *self.feature_names])
+        result = self.store.get_online_features(features=self.service, entity_rows=rows)
+        return result.to_df()

@@ -1,0 +1,1 @@
+"""Signal producers: each writes the table behind one feature view (see pipelines.signals.spec)."""

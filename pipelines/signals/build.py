@@ -1,0 +1,80 @@
+"""Run registered producers and write their tables where the feature views read them.
+
+Every table is checked against its view before it is written (keys, both timestamps, every
+declared feature, types castable), so a producer bug fails here with the view and column named,
+not later inside Feast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from feast import FeatureView
+from feast.types import Float32, Float64, Int32, Int64, String, Bool
+
+from pipelines.lake import utc_micros
+from pipelines.signals.spec import Signal, SignalContext
+from pipelines.workspace import Workspace
+
+_ARROW = {Float32: pa.float32(), Float64: pa.float64(), Int64: pa.int64(), Int32: pa.int32(),
+          String: pa.string(), Bool: pa.bool_()}
+TIMESTAMPS = ("event_timestamp", "created_timestamp")
+
+
+class SignalTableError(ValueError):
+    """A producer returned a table that does not fit its feature view."""
+
+
+def view_schema(view: FeatureView) -> pa.Schema:
+    """Arrow schema of the table behind a view: join keys, both timestamps, then features."""
+    keys = [pa.field(k, pa.string()) for k in view.join_keys]
+    ts = [pa.field(t, pa.timestamp("us", tz="UTC")) for t in TIMESTAMPS]
+    feats = []
+    for f in view.features:
+        if f.dtype not in _ARROW:
+            raise SignalTableError(f"view {view.name!r}, feature {f.name!r}: unsupported type {f.dtype}")
+        feats.append(pa.field(f.name, _ARROW[f.dtype]))
+    return pa.schema(keys + ts + feats)
+
+
+def table_path(ws: Workspace, view: FeatureView) -> Path:
+    """Where the view's FileSource points (relative paths resolve against the workspace)."""
+    path = Path(view.batch_source.path)
+    return path if path.is_absolute() else ws.root / path
+
+
+def conform(view: FeatureView, df: pd.DataFrame) -> pa.Table:
+    """Cast a producer's frame to the view's schema, naming the view and column on failure."""
+    schema = view_schema(view)
+    missing = [f.name for f in schema if f.name not in df.columns]
+    if missing:
+        raise SignalTableError(f"signal {view.name!r}: producer output lacks columns {missing}")
+    cols = {}
+    for field in schema:
+        col = df[field.name]
+        if field.name in TIMESTAMPS:
+            if col.isna().any():
+                raise SignalTableError(f"signal {view.name!r}: {field.name} has nulls")
+            col = utc_micros(col)
+        elif field.name in view.join_keys and col.isna().any():
+            raise SignalTableError(f"signal {view.name!r}: key {field.name} has nulls")
+        cols[field.name] = col
+    try:
+        return pa.Table.from_pandas(pd.DataFrame(cols), schema=schema, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise SignalTableError(f"signal {view.name!r}: {exc}") from exc
+
+
+def write_signal(ws: Workspace, signal: Signal, ctx: SignalContext) -> tuple[Path, int]:
+    """Produce one signal's table and write it (sorted by key then time, for stable files)."""
+    df = signal.produce(ctx)
+    table = conform(signal.view, df)
+    table = table.sort_by([(k, "ascending") for k in signal.view.join_keys]
+                          + [("event_timestamp", "ascending")])
+    out = table_path(ws, signal.view)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    return out, table.num_rows

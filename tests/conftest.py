@@ -1,0 +1,101 @@
+"""Shared fixtures: a private redis-server per session and Feast workspaces in temp dirs.
+
+Nothing here touches the machine's shared Redis on 6379 or the project's own workspace.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+
+from pipelines.workspace import DEFAULT_REPO, Workspace
+
+AS_OF = pd.Timestamp("2026-11-01", tz="UTC")
+HOMEDEPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A throwaway redis-server bound to loopback on a free port; can be stopped and restarted."""
+
+    def __init__(self, workdir: Path):
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            pytest.fail("redis-server not found: `apt-get install redis-server` (make setup does this)")
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def flush(self) -> None:
+        redis.Redis(port=self.port).flushall()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def online(request, redis_server) -> str:
+    """Each test using this runs once per online store: SQLite, then the private Redis."""
+    if request.param == "redis":
+        redis_server.flush()
+        return redis_server.url
+    return "sqlite"
+
+
+def copy_repo(dst: Path) -> Path:
+    """A private copy of feature_repo/, so a test may add a signal without touching the project."""
+    shutil.copytree(DEFAULT_REPO, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+@pytest.fixture
+def make_workspace(tmp_path):
+    """Factory: a Workspace in a temp dir with its own copy of the feature repo."""
+
+    def make(online: str = "sqlite", name: str = "ws") -> Workspace:
+        repo = copy_repo(tmp_path / f"{name}_repo")
+        return Workspace(root=tmp_path / name, online=online, repo_dir=repo)
+
+    return make
