@@ -17,7 +17,9 @@ import redis
 
 from pipelines.workspace import DEFAULT_REPO, Workspace
 
-AS_OF = pd.Timestamp("2026-11-01", tz="UTC")
+# Yesterday midnight: recent enough that no view's TTL has expired "as of now" (consistency
+# compares against now), old enough that materializing up to AS_OF + 1h is in the past.
+AS_OF = pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=1)
 HOMEDEPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 
 
@@ -99,3 +101,22 @@ def make_workspace(tmp_path):
         return Workspace(root=tmp_path / name, online=online, repo_dir=repo)
 
     return make
+
+
+def prepare(ws: Workspace, seed: int = 0, items: int = 400, queries: int = 80) -> Workspace:
+    """A small synthetic lake, every registered signal produced, and the repo applied."""
+    from pipelines.features.repo import apply
+    from pipelines.ingest.synthetic import generate_synthetic
+    from pipelines.signals.build import build_signals
+    from pipelines.signals.spec import SignalContext
+
+    generate_synthetic(ws.lake, n_items=items, n_queries=queries, seed=seed, as_of=AS_OF)
+    build_signals(ws, SignalContext(lake=ws.lake, as_of=AS_OF, seed=seed))
+    apply(ws)
+    return ws
+
+
+@pytest.fixture
+def prepared(make_workspace, online) -> Workspace:
+    """An applied workspace with data, once per online store (SQLite and private Redis)."""
+    return prepare(make_workspace(online=online))

@@ -35,6 +35,11 @@ class RepoContents:
     def objects(self) -> list:
         return [*self.entities, *self.sources, *self.views, *self.on_demand_views, *self.services]
 
+    def join_keys(self, view: FeatureView) -> list[str]:
+        """A view's join keys from its entities (Feast infers view.join_keys only on apply)."""
+        by_name = {e.name: e.join_key for e in self.entities}
+        return [by_name[name] for name in view.entities]
+
     def signal(self, name: str) -> Signal:
         for s in self.signals:
             if s.name == name:

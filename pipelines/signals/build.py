@@ -8,6 +8,7 @@ not later inside Feast.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
@@ -28,9 +29,11 @@ class SignalTableError(ValueError):
     """A producer returned a table that does not fit its feature view."""
 
 
-def view_schema(view: FeatureView) -> pa.Schema:
-    """Arrow schema of the table behind a view: join keys, both timestamps, then features."""
-    keys = [pa.field(k, pa.string()) for k in view.join_keys]
+def view_schema(view: FeatureView, join_keys: list[str] | None = None) -> pa.Schema:
+    """Arrow schema of the table behind a view: join keys, both timestamps, then features.
+
+    join_keys default to the view's own, which Feast fills in only once the view is applied."""
+    keys = [pa.field(k, pa.string()) for k in (join_keys or view.join_keys)]
     ts = [pa.field(t, pa.timestamp("us", tz="UTC")) for t in TIMESTAMPS]
     feats = []
     for f in view.features:
@@ -46,9 +49,10 @@ def table_path(ws: Workspace, view: FeatureView) -> Path:
     return path if path.is_absolute() else ws.root / path
 
 
-def conform(view: FeatureView, df: pd.DataFrame) -> pa.Table:
+def conform(view: FeatureView, df: pd.DataFrame, join_keys: list[str] | None = None) -> pa.Table:
     """Cast a producer's frame to the view's schema, naming the view and column on failure."""
-    schema = view_schema(view)
+    join_keys = join_keys or view.join_keys
+    schema = view_schema(view, join_keys)
     missing = [f.name for f in schema if f.name not in df.columns]
     if missing:
         raise SignalTableError(f"signal {view.name!r}: producer output lacks columns {missing}")
@@ -59,7 +63,7 @@ def conform(view: FeatureView, df: pd.DataFrame) -> pa.Table:
             if col.isna().any():
                 raise SignalTableError(f"signal {view.name!r}: {field.name} has nulls")
             col = utc_micros(col)
-        elif field.name in view.join_keys and col.isna().any():
+        elif field.name in join_keys and col.isna().any():
             raise SignalTableError(f"signal {view.name!r}: key {field.name} has nulls")
         cols[field.name] = col
     try:
@@ -68,13 +72,30 @@ def conform(view: FeatureView, df: pd.DataFrame) -> pa.Table:
         raise SignalTableError(f"signal {view.name!r}: {exc}") from exc
 
 
-def write_signal(ws: Workspace, signal: Signal, ctx: SignalContext) -> tuple[Path, int]:
+def write_signal(ws: Workspace, signal: Signal, ctx: SignalContext,
+                 join_keys: list[str]) -> tuple[Path, int]:
     """Produce one signal's table and write it (sorted by key then time, for stable files)."""
     df = signal.produce(ctx)
-    table = conform(signal.view, df)
-    table = table.sort_by([(k, "ascending") for k in signal.view.join_keys]
+    table = conform(signal.view, df, join_keys)
+    table = table.sort_by([(k, "ascending") for k in join_keys]
                           + [("event_timestamp", "ascending")])
     out = table_path(ws, signal.view)
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)
     return out, table.num_rows
+
+
+def build_signals(ws: Workspace, ctx: SignalContext, only: list[str] | None = None,
+                  on_done: Callable[[str, Path, int], None] | None = None) -> dict[str, int]:
+    """Produce every registered signal (or `only` those) into the workspace; rows per signal."""
+    from pipelines.features.repo import load_repo
+
+    contents = load_repo(ws.repo_dir)
+    chosen = [contents.signal(name) for name in only] if only else contents.signals
+    rows = {}
+    for signal in chosen:
+        path, n = write_signal(ws, signal, ctx, contents.join_keys(signal.view))
+        rows[signal.name] = n
+        if on_done:
+            on_done(signal.name, path, n)
+    return rows
