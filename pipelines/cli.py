@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipelines.workspace import ConfigError, Workspace
+
+# Feast flags on-demand views as experimental and ibis/duckdb announce API renames on every call;
+# neither is actionable for a user of this CLI.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 ingest_app = typer.Typer(no_args_is_help=True, help="Load raw data into the canonical lake.")

@@ -93,4 +93,4 @@ def test_cli_consistency_exit_codes(prepared):
     ok = CliRunner().invoke(app, [*args, "consistency", "--n", "100"])
     assert ok.exit_code == 0, ok.output
     bad = CliRunner().invoke(app, ["--online", "memcached://x", "consistency"])
-    assert bad.exit_code == 2 and "expected 'sqlite' or 'redis://" in bad.output
+    assert bad.exit_code == 2 and "expected 'sqlite' or 'redis://" in " ".join(bad.output.split())

@@ -79,6 +79,9 @@ def load_repo(repo_dir: Path) -> RepoContents:
                     break
         if module.__name__ == "signals":
             contents.signals = signals_in(vars(module))
+    for view in contents.views:  # a source declared inline in a view is still a source (as in Feast)
+        if view.batch_source is not None and not any(view.batch_source is s for s in contents.sources):
+            contents.sources.append(view.batch_source)
     if not contents.signals:
         raise ValueError(f"{repo_dir / 'signals.py'} registers no Signal")
     return contents
