@@ -36,6 +36,14 @@ class IngestError(Exception):
         return f"{where}: {self.message}"
 
 
+class RowError(Exception):
+    """One bad row: it goes to Rejects under a countable reason code and the run goes on."""
+
+    def __init__(self, field: str | None, reason: str, detail: str):
+        super().__init__(detail)
+        self.field, self.reason, self.detail = field, reason, detail
+
+
 class Rejects:
     """Rows quarantined from one source file, written as CSV for a person to inspect and fix.
 

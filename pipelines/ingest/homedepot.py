@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.ingest.errors import IngestError, Rejects
+from pipelines.ingest.errors import IngestError, Rejects, RowError
 from pipelines.lake import RELEVANCE_MAX, RELEVANCE_MIN, Lake
 from pipelines.text import normalize_query, query_id, query_split
 
@@ -82,10 +82,6 @@ class _Source:
                           dict(self.rejects.counts), self.rejects_path)
 
 
-class _Bad(Exception):
-    """A row-level problem, args (field, reason, detail): the row goes to the rejects file, the run goes on."""
-
-
 def ingest_homedepot(
     judgments: Path, products: Path | None, lake: Lake, as_of: pd.Timestamp, encoding: str = "auto"
 ) -> IngestReport:
@@ -137,21 +133,19 @@ def _products(src: _Source) -> dict[str, str]:
             title = _text(fields[title_col], "product_title")
             if item in titles:
                 same = "the same" if titles[item] == title else "a different"
-                raise _Bad("product_uid", "duplicate_product_uid",
-                           f"product_uid {item} already on line {lines[item]} with {same} title; kept the first")
-        except _Bad as bad:
-            src.rejects.add(line, bad.args[0], bad.args[1], fields, bad.args[2])
+                raise RowError("product_uid", "duplicate_product_uid",
+                               f"{item} already on line {lines[item]} with {same} title; kept the first")
+        except RowError as bad:
+            src.rejects.add(line, bad.field, bad.reason, fields, bad.detail)
             continue
         lines[item], titles[item] = line, title
     return titles
 
 
 def _judgments(src: _Source) -> list[tuple[str, str, str, float, str, str]]:
-    """Valid judgment rows as (judgment_id, query_id, item_id, relevance, raw query, title).
-
-    Duplicates are resolved in file order among valid rows: the first judgment of an id, or of a
-    (query, item) pair, is kept and later ones are rejected with a pointer to the kept line.
-    """
+    """Valid rows as (judgment_id, query_id, item_id, relevance, raw query, title). Duplicates are
+    resolved in file order among valid rows: the first judgment of an id, or of a (query_id, item_id)
+    pair, is kept; later ones are rejected with a pointer to the kept line."""
     col = {name: src.header.index(name) for name in JUDGMENT_COLUMNS}
     id_lines: dict[str, int] = {}
     pair_seen: dict[tuple[str, str], tuple[str, int]] = {}
@@ -162,20 +156,17 @@ def _judgments(src: _Source) -> list[tuple[str, str, str, float, str, str]]:
             item = _integer(fields[col["product_uid"]], "product_uid")
             title = _text(fields[col["product_title"]], "product_title")
             raw_query = fields[col["search_term"]]
-            norm = normalize_query(raw_query)
-            if not norm:
-                raise _Bad("search_term", "empty_value", "search_term is empty")
+            norm = _text(normalize_query(raw_query), "search_term")
             relevance = _relevance(fields[col["relevance"]])
             if jid in id_lines:
-                raise _Bad("id", "duplicate_id", f"id {jid} already used on line {id_lines[jid]}; kept the first")
+                raise RowError("id", "duplicate_id", f"{jid} already on line {id_lines[jid]}; kept the first")
             qid = query_id(raw_query)
             if (qid, item) in pair_seen:
-                first_id, first_line = pair_seen[qid, item]
-                raise _Bad(None, "duplicate_pair",
-                           f"query {norm!r} with product_uid {item} already judged by id {first_id} on line "
-                           f"{first_line}; kept the first, rejected this one")
-        except _Bad as bad:
-            src.rejects.add(line, bad.args[0], bad.args[1], fields, bad.args[2])
+                kept_id, kept_line = pair_seen[qid, item]
+                raise RowError(None, "duplicate_pair", f"query {norm!r}, product_uid {item} already judged "
+                                                       f"by id {kept_id} on line {kept_line}; kept that one")
+        except RowError as bad:
+            src.rejects.add(line, bad.field, bad.reason, fields, bad.detail)
             continue
         id_lines[jid] = line
         pair_seen[qid, item] = (jid, line)
@@ -186,22 +177,22 @@ def _judgments(src: _Source) -> list[tuple[str, str, str, float, str, str]]:
 def _text(value: str, field: str) -> str:
     text = value.strip()
     if not text:
-        raise _Bad(field, "empty_value", f"{field} is empty")
+        raise RowError(field, "empty_value", f"{field} is empty")
     return text
 
 
 def _integer(value: str, field: str) -> str:
     text = value.strip()
     if not (text.isascii() and text.isdigit()):
-        raise _Bad(field, "not_an_integer", f"value {value!r} is not an integer")
+        raise RowError(field, "not_an_integer", f"value {value!r} is not an integer")
     return str(int(text))
 
 
 def _relevance(value: str) -> float:
     if not _DECIMAL.fullmatch(value.strip()):  # plain decimals only: float() also takes 'nan', 'inf', '1_0'
-        raise _Bad("relevance", "not_a_number", f"value {value!r} is not a number")
+        raise RowError("relevance", "not_a_number", f"value {value!r} is not a number")
     if not RELEVANCE_MIN <= float(value) <= RELEVANCE_MAX:
-        raise _Bad("relevance", "out_of_range",
+        raise RowError("relevance", "out_of_range",
                    f"value {value!r} is outside [{RELEVANCE_MIN:g}, {RELEVANCE_MAX:g}]")
     return float(value)
 
@@ -233,7 +224,6 @@ def _read_source(path: Path, required: tuple[str, ...], encoding: str, lake: Lak
     src = _Source(path, used, header, [], Rejects(header), lake.rejects_dir / f"{path.stem}.rejects.csv", 0)
     while True:
         consumed.clear()
-        error = None
         try:
             fields = next(reader)
         except StopIteration:
@@ -246,7 +236,7 @@ def _read_source(path: Path, required: tuple[str, ...], encoding: str, lake: Lak
         first, last = reader.line_num - len(consumed) + 1, reader.line_num
         where = f"line {first}" if first == last else f"lines {first}-{last}"
         source = "".join(consumed).rstrip("\r\n")
-        bad = next((bad_lines[n] for n in range(first, last + 1) if n in bad_lines), None) if bad_lines else None
+        bad = next((bad_lines[n] for n in range(first, last + 1) if n in bad_lines), None)
         if bad:
             src.rejects.add(first, None, "invalid_bytes", source, bad)
         elif fields is None:
@@ -260,7 +250,7 @@ def _read_source(path: Path, required: tuple[str, ...], encoding: str, lake: Lak
         raise IngestError(path, "has a header but no data rows", row=header_line)
     if not src.records:
         src.rejects.write(src.rejects_path)
-        raise IngestError(path, f"no parseable data rows: all {src.rows_read} rejected, see {src.rejects_path}")
+        raise IngestError(path, f"no parseable rows: all {src.rows_read} rejected, see {src.rejects_path}")
     return src
 
 
@@ -285,7 +275,7 @@ def _decode(path: Path, encoding: str) -> tuple[str, str, dict[int, str]]:
         hit = _ESCAPED_BYTE.search(line)
         if hit:
             at = offset + len(line[: hit.start()].encode(used, "surrogateescape"))
-            byte = ord(hit.group()) - 0xDC00
+            byte = ord(hit.group()) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
             bad[number] = f"line {number}: byte 0x{byte:02X} at byte offset {at} is not valid {used}"
         offset += len(line.encode(used, "surrogateescape"))
     return text, used, bad
