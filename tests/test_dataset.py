@@ -26,7 +26,8 @@ def _entities(ws) -> tuple[pd.DataFrame, dict]:
     tl = pd.read_parquet(ws.features_dir / "teacher_labels.parquet")
     eng = pd.read_parquet(ws.features_dir / "engagement_stats.parquet")
     v1_ts, v2_ts = sorted(tl["event_timestamp"].unique())
-    q, i = eng.iloc[0][["query_id", "item_id"]]
+    both = eng.merge(tl[["query_id", "item_id"]].drop_duplicates())  # a pair with both signals
+    q, i = both.iloc[0][["query_id", "item_id"]]
     last_eng = eng.loc[(eng.query_id == q) & (eng.item_id == i), "event_timestamp"].max()
     rows = pd.DataFrame([
         (q, i, v2_ts + pd.Timedelta(hours=1)),        # after v2: newest teacher

@@ -1,0 +1,128 @@
+"""Producer of engagement_stats: daily snapshots of simulated engagement on the training queries.
+
+The data has no clicks, so pipelines.simulation replays BM25 (the "current production" ranker) on
+the training split's queries over ClickConfig.days days ending at ctx.as_of. True relevance comes
+from the human grades of those same training queries only: dev queries are neither simulated nor
+read, so nothing fitted on this table has seen them, and the teacher is never consulted (the
+evaluation would become circular).
+
+The log is aggregated per (query, item) into one row per snapshot day for the last SNAPSHOTS days,
+wherever the pair was shown in the 30 days up to and including that day; each row is stamped at the
+end of its day, so a point-in-time join picks the newest snapshot before its event time.
+- impressions / clicks over 7 and 30 days, carts and orders over 30 days;
+- ctr_smoothed_30d = (clicks + PRIOR_ALPHA) / (impressions + PRIOR_ALPHA + PRIOR_BETA): a Beta prior
+  near the mean slot CTR of the top 10, worth PRIOR_ALPHA + PRIOR_BETA impressions, so a pair seen
+  twice is not ranked by 0/2 or 2/2;
+- ctr_debiased_30d = sum(clicks * w) / impressions with w = min(1 / examination[position], MAX_IPW):
+  inverse propensity weighting (Joachims et al. 2017) estimates P(click | examined), i.e. the
+  attractiveness, whatever slot the ranker put the item in. Weights are clipped, trading a little
+  bias on slots 9-10 (propensity < 1 / MAX_IPW) for bounded variance, and the ratio is capped at 1.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from pipelines.signals.spec import SignalContext
+from pipelines.simulation import BM25Ranker, ClickConfig, simulate
+
+SNAPSHOTS = 14  # daily snapshots written, ending at as_of
+SHORT, LONG = 7, 30  # window lengths in days
+PRIOR_ALPHA, PRIOR_BETA = 0.7, 9.3  # Beta prior on CTR: mean 7% (simulated top-10 slot CTR), 10 views
+MAX_IPW = 10.0  # cap on inverse-propensity weights (propensity floor 0.1)
+QUICK_QUERIES, QUICK_SNAPSHOTS = 300, 7  # quick mode: a sample of training queries, fewer days
+COLUMNS = ["query_id", "item_id", "event_timestamp", "created_timestamp", "impressions_7d", "clicks_7d",
+           "impressions_30d", "clicks_30d", "carts_30d", "orders_30d", "ctr_smoothed_30d", "ctr_debiased_30d"]
+
+
+def training_queries(ctx: SignalContext) -> pd.DataFrame:
+    """The training split's queries, sorted by id (a seeded sample of QUICK_QUERIES in quick mode,
+    drawn the way the retrieval prior draws its own, so quick tables cover the same queries)."""
+    queries = ctx.lake.read("queries")
+    train = queries[queries["split"] == "train"].sort_values("query_id").reset_index(drop=True)
+    if ctx.quick and len(train) > QUICK_QUERIES:
+        train = train.sample(n=QUICK_QUERIES, random_state=ctx.seed).sort_values("query_id")
+    return train.reset_index(drop=True)
+
+
+def training_grades(ctx: SignalContext, queries: pd.DataFrame) -> pd.DataFrame:
+    """Human grades of the given training queries only: dev judgments never leave this function."""
+    judgments = ctx.lake.read("judgments")
+    train_ids = queries.loc[queries["split"] == "train", "query_id"]
+    return judgments.loc[judgments["query_id"].isin(train_ids), ["query_id", "item_id", "relevance"]]
+
+
+def click_config(ctx: SignalContext) -> ClickConfig:
+    """Full runs simulate the issue's 60 days; quick runs just enough for their snapshots."""
+    return ClickConfig(days=LONG + QUICK_SNAPSHOTS - 1) if ctx.quick else ClickConfig()
+
+
+def engagement_stats(ctx: SignalContext) -> pd.DataFrame:
+    """The engagement_stats table: daily snapshots of 7/30-day engagement per (query, item)."""
+    queries = training_queries(ctx)
+    cache = ctx.work_dir / "simulation" if ctx.work_dir is not None else None
+    ranker = BM25Ranker.for_catalog(ctx.lake.read("items"), cache_dir=cache)
+    config = click_config(ctx)
+    log = simulate(queries, ranker, training_grades(ctx, queries), config, seed=ctx.seed)
+    snapshots = QUICK_SNAPSHOTS if ctx.quick else SNAPSHOTS
+    if cache is not None:  # the resolved settings next to the cached ranking they produced
+        (cache / "engagement_config.json").write_text(json.dumps({
+            "click_model": config.to_dict(), "seed": ctx.seed, "queries": len(queries),
+            "snapshots": snapshots, "prior_alpha": PRIOR_ALPHA, "prior_beta": PRIOR_BETA,
+            "max_ipw": MAX_IPW}, indent=2))
+    return snapshot_table(log.events, pd.Timestamp(ctx.as_of), config.days, snapshots,
+                          np.asarray(config.examination))
+
+
+def _daily(pair: np.ndarray, day: np.ndarray, values: np.ndarray, n_pairs: int, days: int) -> np.ndarray:
+    """Cumulative per-pair sums over days, with a leading zero column: (n_pairs, days + 1)."""
+    dense = np.bincount(pair * days + day, weights=values, minlength=n_pairs * days).reshape(n_pairs, days)
+    return np.concatenate([np.zeros((n_pairs, 1)), np.cumsum(dense, axis=1)], axis=1)
+
+
+def snapshot_table(events: pd.DataFrame, as_of: pd.Timestamp, days: int, snapshots: int,
+                   examination: np.ndarray) -> pd.DataFrame:
+    """One row per (pair, snapshot day) over the last `snapshots` of `days` days, where the pair has
+    impressions in the LONG-day window ending that day (day `days - 1` ends at as_of)."""
+    if events.empty:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
+    qcat, icat = events["query_id"].astype("category"), events["item_id"].astype("category")
+    n_items = len(icat.cat.categories)
+    codes = qcat.cat.codes.to_numpy(np.int64) * n_items + icat.cat.codes.to_numpy(np.int64)
+    pair, uniques = pd.factorize(codes)
+    day = events["day"].to_numpy(np.int64)
+    weight = np.minimum(1.0 / examination[events["position"].to_numpy(np.int64) - 1], MAX_IPW)
+    cum = {name: _daily(pair, day, values, len(uniques), days) for name, values in (
+        ("impressions", events["impressions"].to_numpy(np.float64)),
+        ("clicks", events["clicks"].to_numpy(np.float64)),
+        ("carts", events["carts"].to_numpy(np.float64)),
+        ("orders", events["orders"].to_numpy(np.float64)),
+        ("ipw", events["clicks"].to_numpy(np.float64) * weight))}
+    query_ids = qcat.cat.categories.to_numpy(object)[uniques // n_items]
+    item_ids = icat.cat.categories.to_numpy(object)[uniques % n_items]
+    frames = []
+    for end in range(max(days - snapshots, 0), days):  # `end` is the snapshot's last day, inclusive
+        def window(name: str, length: int, end: int = end) -> np.ndarray:
+            return cum[name][:, end + 1] - cum[name][:, max(end + 1 - length, 0)]
+
+        imp30 = window("impressions", LONG)
+        keep = imp30 > 0
+        clk30 = window("clicks", LONG)
+        stamp = as_of - pd.Timedelta(days=days - 1 - end)
+        frames.append(pd.DataFrame({
+            "query_id": query_ids[keep], "item_id": item_ids[keep],
+            "event_timestamp": stamp, "created_timestamp": stamp,
+            "impressions_7d": window("impressions", SHORT)[keep].astype(np.int64),
+            "clicks_7d": window("clicks", SHORT)[keep].astype(np.int64),
+            "impressions_30d": imp30[keep].astype(np.int64),
+            "clicks_30d": clk30[keep].astype(np.int64),
+            "carts_30d": window("carts", LONG)[keep].astype(np.int64),
+            "orders_30d": window("orders", LONG)[keep].astype(np.int64),
+            "ctr_smoothed_30d": ((clk30[keep] + PRIOR_ALPHA) / (imp30[keep] + PRIOR_ALPHA + PRIOR_BETA)
+                                 ).astype(np.float32),
+            "ctr_debiased_30d": np.minimum(window("ipw", LONG)[keep] / imp30[keep], 1.0).astype(np.float32),
+        }))
+    return pd.concat(frames, ignore_index=True)[COLUMNS]
