@@ -23,12 +23,12 @@ teacher_labels = Signal(
 )
 retrieval_prior = Signal(
     retrieval_prior_fv,
-    producer="pipelines.signals.synthetic:retrieval_prior",
+    producer="pipelines.signals.prior:retrieval_prior",
     online_features=("fusion_score", "agreement"),
 )
 engagement_stats = Signal(
     engagement_stats_fv,
-    producer="pipelines.signals.synthetic:engagement_stats",
+    producer="pipelines.signals.engagement:engagement_stats",
     online_features=("clicks_30d", "ctr_debiased_30d"),
 )
 item_profile = Signal(

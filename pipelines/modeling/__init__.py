@@ -1,0 +1,1 @@
+"""Models shared by training, signal producers and serving: the text encoder lives here once."""

@@ -1,0 +1,53 @@
+"""Producer of the retrieval_prior view: how strongly three retrieval channels agree on a pair.
+
+For every training query (dev queries are never retrieved for, so nothing downstream can fit on
+them through this table), each channel (BM25, MiniLM + FAISS, character n-grams; see
+pipelines.retrieval) returns its top 100 from the whole catalog. Each pair in the union of those
+lists gets its rank in every channel (101 where absent), the reciprocal-rank fusion score and the
+number of channels that hold it. No judgments are read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from pipelines.retrieval import build_channels, search_all
+from pipelines.retrieval.fusion import prior_table
+from pipelines.signals.spec import SignalContext
+
+DEPTH = 100  # per channel and query
+QUICK_QUERIES = 300  # training queries sampled in quick mode; the catalog is never sampled
+COLUMNS = ["query_id", "item_id", "event_timestamp", "created_timestamp",
+           "rank_bm25", "rank_dense", "rank_char", "fusion_score", "agreement"]
+
+
+def training_queries(ctx: SignalContext) -> pd.DataFrame:
+    """The training split's queries (a seeded sample of QUICK_QUERIES of them in quick mode)."""
+    queries = ctx.lake.read("queries")
+    train = queries[queries["split"] == "train"].sort_values("query_id").reset_index(drop=True)
+    if ctx.quick and len(train) > QUICK_QUERIES:
+        train = train.sample(n=QUICK_QUERIES, random_state=ctx.seed).sort_values("query_id")
+    return train.reset_index(drop=True)
+
+
+def retrieval_prior(ctx: SignalContext) -> pd.DataFrame:
+    """One row per (training query, item) retrieved by any channel, stamped ctx.as_of."""
+    console = Console(stderr=True)
+    queries = training_queries(ctx)
+    items = ctx.lake.read("items")
+    cache = ctx.work_dir / "retrieval" if ctx.work_dir is not None else None
+    console.print(f"retrieval prior: {len(queries):,} training queries x {len(items):,} items")
+    channels = build_channels(items, cache_dir=cache)
+    hits, seconds = search_all(channels, queries["query_norm"].tolist(), k=DEPTH)
+    console.print("  search seconds: " + ", ".join(f"{n} {s:.1f}" for n, s in seconds.items()))
+    table = prior_table(hits, queries["query_id"].tolist())
+    as_of = pd.Timestamp(ctx.as_of)
+    as_of = (as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")).as_unit("us")
+    table["event_timestamp"] = as_of
+    table["created_timestamp"] = as_of
+    for col in ("rank_bm25", "rank_dense", "rank_char", "agreement"):
+        table[col] = table[col].astype(np.int64)
+    table["fusion_score"] = table["fusion_score"].astype(np.float32)
+    return table[COLUMNS]
