@@ -28,13 +28,21 @@ def _now() -> datetime:
 
 
 def materialize(ws: Workspace, incremental: bool = True, end: datetime | None = None,
-                views: list[str] | None = None) -> MaterializeReport:
-    """Materialize `views` (default: all) up to `end` (default: now), full or incremental."""
+                views: list[str] | None = None, engine: str = "auto") -> MaterializeReport:
+    """Materialize `views` (default: all) up to `end` (default: now), full or incremental.
+
+    engine "auto" writes Redis through redis_fast (same bytes, ~10x faster); "feast" forces Feast."""
+    if engine not in ("auto", "feast"):
+        raise ValueError(f"engine {engine!r}: expected 'auto' or 'feast'")
     store = feature_store(ws)
     names = views or [fv.name for fv in store.list_feature_views()]
     end = end or _now()
     t0 = time.perf_counter()
-    if incremental:
+    if engine == "auto" and ws.online.startswith("redis://"):
+        from pipelines.features.redis_fast import materialize_redis
+
+        materialize_redis(ws, views=names, end=end, incremental=incremental)
+    elif incremental:
         store.materialize_incremental(end_date=end, feature_views=names)
     else:
         for name in names:  # each view from its own TTL, as incremental runs do on first use

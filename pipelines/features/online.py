@@ -18,10 +18,18 @@ from pipelines.workspace import Workspace
 class OnlineFeatures:
     """Reads a FeatureService's features for pairs from the workspace's online store."""
 
-    def __init__(self, ws: Workspace, service: str = "retriever_online"):
+    def __init__(self, ws: Workspace, service: str = "retriever_online", engine: str = "auto"):
+        """engine "auto" reads Redis through redis_fast.RedisFeatureReader; "feast" forces Feast."""
+        if engine not in ("auto", "feast"):
+            raise ValueError(f"engine {engine!r}: expected 'auto' or 'feast'")
         self.ws = ws
         self.store = feature_store(ws)
         self.service = self.store.get_feature_service(service)
+        self.reader = None
+        if engine == "auto" and ws.online.startswith("redis://"):
+            from pipelines.features.redis_fast import RedisFeatureReader
+
+            self.reader = RedisFeatureReader(ws, service, store=self.store)
 
     @property
     def feature_names(self) -> list[str]:
@@ -29,8 +37,10 @@ class OnlineFeatures:
 
     def get_online_features(self, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
         """Features for each (query_id, item_id) pair, in input order; missing values are null."""
-        rows = [{"query_id": q, "item_id": i} for q, i in pairs]
-        if not rows:
+        if not pairs:
             return pd.DataFrame(columns=["query_id", "item_id", *self.feature_names])
+        if self.reader is not None:
+            return self.reader.read(pairs)
+        rows = [{"query_id": q, "item_id": i} for q, i in pairs]
         result = self.store.get_online_features(features=self.service, entity_rows=rows)
         return result.to_df()

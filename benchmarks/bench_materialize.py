@@ -1,0 +1,204 @@
+"""Materialization into Redis: pipelines.features.redis_fast vs plain Feast `store.materialize`.
+
+Writes --rows seeded synthetic rows (distinct (query, item) pairs, 5% null features) for one
+pair view (--view, default engagement_stats) into a throwaway workspace, starts a private
+redis-server, and times full materialization of that view through our path (dedup on, against
+an empty store; the same again, when every row is already stored and dedup skips it; dedup off)
+and through Feast. Each measurement runs in its own subprocess, so its peak RSS is its own.
+Times include reading the parquet table (duckdb for us, Feast's offline store for Feast).
+
+Wall time on a shared machine depends on everyone else's load, so each run also records the
+CPU seconds of the client process and of redis-server; on two otherwise idle cores (client and
+server work in parallel) a run takes about max(client, server) CPU seconds, reported as
+`cpu_bound_rows_per_s` next to the measured wall-clock `rows_per_s`.
+
+Feast is timed on a --feast-rows table built the same way (default 100k; 1M takes minutes), and
+we are timed on that same table too; the ratio compares rows/s on it. Afterwards the Redis
+databases Feast and we wrote for the subset are compared key by key, field by field.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_materialize.py [--rows N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import PrivateRedis, cpu_seconds, machine, print_table, run_child, write_json
+
+warnings.filterwarnings("ignore")  # Feast's experimental-ODFV and ibis deprecation notices
+
+AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def synthetic_rows(view, n: int, seed: int) -> pa.Table:
+    """n distinct pairs (100 items per query), stamped within the last 6 days, 5% null features.
+
+    Keys depend on n only, so every pair view built with the same n holds the same pairs;
+    item or query views keep their own key column (repeats resolve to the latest row)."""
+    from feast.types import Float32, Int64
+
+    from pipelines.signals.build import view_schema
+
+    rng = np.random.default_rng(seed)
+    qi, j = np.arange(n) // 100, np.arange(n) % 100
+    cols = {"query_id": pa.array(np.char.mod("%016x", qi * 2654435761 % 2**48).astype(object)),
+            "item_id": pa.array(np.char.mod("%d", 100001 + (qi * 7919 + j * 104729) % 1_000_000).astype(object))}
+    event = pd.Timestamp(AS_OF) - pd.to_timedelta(rng.integers(60, 6 * 86400, n), unit="s")
+    cols["event_timestamp"] = pa.array(event)
+    cols["created_timestamp"] = pa.array(event + pd.to_timedelta(rng.integers(0, 7200, n), unit="s"))
+    for f in view.features:
+        null = pa.array(rng.random(n) < 0.05)
+        if f.dtype == Float32:
+            values = pa.array(rng.random(n).astype(np.float32))
+        elif f.dtype == Int64:
+            values = pa.array(rng.integers(0, 5000, n))
+        else:
+            values = pa.array(rng.choice(np.array(["synthetic-v1", "synthetic-v2"], dtype=object), n))
+        cols[f.name] = pc.if_else(null, pa.scalar(None, values.type), values)
+    schema = view_schema(view)
+    return pa.table(cols).select(schema.names).cast(schema)
+
+
+def build(root: Path, online: str, view_name: str, rows: int, seed: int):
+    """An applied workspace whose `view_name` table holds the first `rows` synthetic rows."""
+    from pipelines.features.repo import apply, feature_store
+    from pipelines.signals.build import table_path
+    from pipelines.workspace import Workspace
+
+    ws = Workspace(root=root, online=online)
+    apply(ws)
+    view = feature_store(ws).get_feature_view(view_name)
+    pq.write_table(synthetic_rows(view, rows, seed), table_path(ws, view))
+    return ws
+
+
+def child(engine: str, root: str, online: str, view_name: str, dedup: str, batch: str) -> dict:
+    """One measured materialization in this (fresh) process."""
+    import contextlib
+    import io
+
+    from pipelines.features.redis_fast import materialize_redis
+    from pipelines.features.repo import feature_store
+    from pipelines.workspace import Workspace
+
+    ws = Workspace(root=Path(root), online=online)
+    store = feature_store(ws)
+    view = store.get_feature_view(view_name)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        if engine == "feast":
+            store.materialize(start_date=AS_OF - view.ttl, end_date=AS_OF, feature_views=[view_name])
+            written = None
+        else:
+            stats = materialize_redis(ws, views=[view_name], end=AS_OF, incremental=False,
+                                      dedup=dedup == "on", batch_size=int(batch))
+            written = stats.views[view_name].written
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    return {"seconds": round(seconds, 3), "client_cpu_s": round(cpu, 3), "written": written}
+
+
+def same_content(a, b) -> dict:
+    """Compare two Redis databases key by key (HGETALL); returns counts and the verdict."""
+    keys_a, keys_b = set(a.scan_iter(count=10_000)), set(b.scan_iter(count=10_000))
+    differing = 0
+    keys = sorted(keys_a & keys_b)
+    for start in range(0, len(keys), 5000):
+        chunk = keys[start:start + 5000]
+        pa_, pb = a.pipeline(transaction=False), b.pipeline(transaction=False)
+        for k in chunk:
+            pa_.hgetall(k)
+            pb.hgetall(k)
+        differing += sum(x != y for x, y in zip(pa_.execute(), pb.execute()))
+    return {"keys_ours": len(keys_b), "keys_feast": len(keys_a), "differing": differing,
+            "identical": keys_a == keys_b and differing == 0}
+
+
+def _row(r: dict) -> tuple:
+    if "seconds" not in r:
+        return (r["label"], f"{r['rows']:,}", r.get("error"), "-", "-", "-", "-", r["peak_rss_mb"])
+    return (r["label"], f"{r['rows']:,}", f"{r['seconds']:.2f}", f"{r['rows_per_s']:,}",
+            f"{r['cpu_bound_rows_per_s']:,}", f"{r['client_cpu_s']:.2f} / {r['redis_cpu_s']:.2f}",
+            "-" if r["written"] is None else f"{r['written']:,}", r["peak_rss_mb"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--feast-rows", type=int, default=100_000)
+    ap.add_argument("--view", default="engagement_stats")
+    ap.add_argument("--batch-size", type=int, default=10_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="100k rows, Feast on 20k")
+    ap.add_argument("--out", default="bench_materialize")
+    ap.add_argument("--child", nargs=6)
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(child(*a.child)))
+        return
+    if a.quick:
+        a.rows, a.feast_rows = min(a.rows, 100_000), min(a.feast_rows, 20_000)
+    a.feast_rows = min(a.feast_rows, a.rows)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_materialize_"))
+    script, runs = Path(__file__).resolve(), {}
+    try:
+        with PrivateRedis(tmp / "redis") as server:
+            t0 = time.perf_counter()
+            full = build(tmp / "full", server.url(0), a.view, a.rows, a.seed)
+            sub = build(tmp / "sub", server.url(1), a.view, a.feast_rows, a.seed)
+            print(f"built {a.rows:,} + {a.feast_rows:,} rows in {time.perf_counter() - t0:.1f}s at {tmp}")
+            plan = [("ours", full.root, 0, a.rows, "on", "ours, dedup on, empty Redis"),
+                    ("ours", full.root, 0, a.rows, "on", "ours, dedup on, all rows already stored"),
+                    ("ours", full.root, 0, a.rows, "off", "ours, dedup off (initial load)"),
+                    ("ours", sub.root, 1, a.feast_rows, "on", "ours, dedup on, Feast's subset"),
+                    ("feast", sub.root, 2, a.feast_rows, "on", "plain Feast store.materialize")]
+            for i, (engine, root, db, rows, dedup, label) in enumerate(plan):
+                if i != 1:
+                    server.client(db).flushdb()
+                print(f"running: {label} ({rows:,} rows) ...", flush=True)
+                redis_cpu = server.cpu_seconds()
+                r = run_child(script, [engine, str(root), server.url(db), a.view, dedup, str(a.batch_size)])
+                r.update(engine=engine, rows=rows, dedup=dedup, label=label,
+                         redis_cpu_s=round(server.cpu_seconds() - redis_cpu, 3), load_avg=os.getloadavg()[0])
+                if "seconds" in r:
+                    r["rows_per_s"] = round(rows / r["seconds"])
+                    r["cpu_bound_rows_per_s"] = round(rows / max(r["client_cpu_s"], r["redis_cpu_s"]))
+                runs[label] = r
+            check = same_content(server.client(2), server.client(1))
+            redis_mb = round(server.used_memory_mb(), 1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ours_sub, feast = runs["ours, dedup on, Feast's subset"], runs["plain Feast store.materialize"]
+    ratio = round(ours_sub["rows_per_s"] / feast["rows_per_s"], 1) if "rows_per_s" in feast else None
+    cpu_ratio = (round(ours_sub["cpu_bound_rows_per_s"] / feast["cpu_bound_rows_per_s"], 1)
+                 if "rows_per_s" in feast else None)
+    result = {"view": a.view, "rows": a.rows, "feast_rows": a.feast_rows, "batch_size": a.batch_size,
+              "note": f"Feast timed on a {a.feast_rows:,}-row table; ratio = our rows/s / Feast's on it",
+              "runs": list(runs.values()), "speedup_vs_feast": ratio, "cpu_bound_speedup_vs_feast": cpu_ratio, "byte_identical_to_feast": check,
+              "redis_used_memory_mb_end": redis_mb, "machine": machine()}
+    path = write_json(a.out, result)
+    print_table(f"materialize {a.view} into Redis: {ratio}x Feast's rows/s on {a.feast_rows:,} rows "
+                f"({cpu_ratio}x CPU-bound); byte-identical to Feast: {check['identical']}",
+                ["path", "rows", "seconds", "rows/s", "CPU-bound rows/s", "client / redis CPU s",
+                 "written", "peak RSS MB"], [_row(r) for r in runs.values()])
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
