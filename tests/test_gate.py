@@ -1,0 +1,33 @@
+"""The relevance gate: the one definition Feast runs offline and online."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipelines.features.gate import RELEVANT_GRADE, gated_engagement
+
+maybe = lambda s: st.one_of(st.none(), s)  # noqa: E731 - a null or a value
+row = st.tuples(maybe(st.floats(0, 3)), maybe(st.integers(0, 1000)), maybe(st.integers(0, 100)),
+                maybe(st.floats(0, 1)))
+
+
+@given(st.lists(row, min_size=1, max_size=30))
+def test_gate_keeps_engagement_only_on_relevant_pairs(rows):
+    df = pd.DataFrame(rows, columns=["expected_grade", "clicks_30d", "orders_30d", "ctr_debiased_30d"])
+    out = gated_engagement(df)
+    assert list(out.columns) == ["is_relevant", "gated_clicks_30d", "gated_orders_30d", "gated_ctr_30d"]
+    for (grade, clicks, orders, ctr), got in zip(rows, out.itertuples(index=False)):
+        relevant = grade is not None and grade >= RELEVANT_GRADE
+        assert got.is_relevant == int(relevant)
+        for raw, gated in ((clicks, got.gated_clicks_30d), (orders, got.gated_orders_30d),
+                           (ctr, got.gated_ctr_30d)):
+            if raw is None:
+                assert math.isnan(gated)          # no engagement data stays null
+            elif relevant:
+                assert gated == float(pd.Series([raw], dtype="float32")[0])
+            else:
+                assert gated == 0.0               # gated out
