@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
+DEMO_ARGS ?=
 demo: setup
-	$(BIN)/unisup demo
+	$(BIN)/unisup demo $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q
