@@ -50,7 +50,8 @@ def _words(rng: np.random.Generator, n: int, lo: int, hi: int) -> list[str]:
 
 def _stamps(rng: np.random.Generator, days_ago: np.ndarray) -> tuple[pd.Series, pd.Series]:
     """Event stamps at the snapshot day plus jitter; created a little later, 1% exact ties."""
-    event = AS_OF - pd.to_timedelta(days_ago, unit="D") + pd.to_timedelta(rng.integers(0, 3600, len(days_ago)), unit="s")
+    jitter = pd.to_timedelta(rng.integers(0, 3600, len(days_ago)), unit="s")
+    event = AS_OF - pd.to_timedelta(days_ago, unit="D") + jitter
     created = event + pd.to_timedelta(rng.integers(0, 7200, len(days_ago)), unit="s")
     return pd.Series(event), pd.Series(created)
 

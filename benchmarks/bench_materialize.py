@@ -190,7 +190,8 @@ def main() -> None:
                  if "rows_per_s" in feast else None)
     result = {"view": a.view, "rows": a.rows, "feast_rows": a.feast_rows, "batch_size": a.batch_size,
               "note": f"Feast timed on a {a.feast_rows:,}-row table; ratio = our rows/s / Feast's on it",
-              "runs": list(runs.values()), "speedup_vs_feast": ratio, "cpu_bound_speedup_vs_feast": cpu_ratio, "byte_identical_to_feast": check,
+              "runs": list(runs.values()), "speedup_vs_feast": ratio,
+              "cpu_bound_speedup_vs_feast": cpu_ratio, "byte_identical_to_feast": check,
               "redis_used_memory_mb_end": redis_mb, "machine": machine()}
     path = write_json(a.out, result)
     print_table(f"materialize {a.view} into Redis: {ratio}x Feast's rows/s on {a.feast_rows:,} rows "

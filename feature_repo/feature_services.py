@@ -2,9 +2,10 @@
 
 from feast import FeatureService
 
+from pipelines.signals.spec import signals_in
+
 import signals
 from on_demand_features import gated_engagement
-from pipelines.signals.spec import signals_in
 
 REGISTERED = signals_in(vars(signals))
 

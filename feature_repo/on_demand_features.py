@@ -4,8 +4,9 @@ from feast import Field
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.types import Float32, Int64
 
-from features import engagement_stats_fv, teacher_labels_fv
 from pipelines.features.gate import gated_engagement as gate
+
+from features import engagement_stats_fv, teacher_labels_fv
 
 # Engagement counted only where the teacher says relevant (the one gate: pipelines/features/gate.py).
 gated_engagement = OnDemandFeatureView(

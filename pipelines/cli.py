@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator, Optional
 
 import pandas as pd
 import typer
@@ -37,15 +37,15 @@ HOMEDEPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot
 
 def today() -> pd.Timestamp:
     """Default as-of time: midnight UTC today, so a day's reruns stamp identical rows."""
-    return pd.Timestamp(datetime.now(timezone.utc).date(), tz="UTC")
+    return pd.Timestamp(datetime.now(UTC).date(), tz="UTC")
 
 
 @app.callback()
 def main(
     ctx: typer.Context,
-    workspace: Optional[Path] = typer.Option(None, help="Workspace dir [env UNISUP_WORKSPACE; ./workspace]"),
-    online: Optional[str] = typer.Option(None, help="'sqlite' or redis://HOST:PORT/DB [env UNISUP_ONLINE]"),
-    repo: Optional[Path] = typer.Option(None, help="Feature repo dir [env UNISUP_REPO; ./feature_repo]"),
+    workspace: Path | None = typer.Option(None, help="Workspace dir [env UNISUP_WORKSPACE; ./workspace]"),
+    online: str | None = typer.Option(None, help="'sqlite' or redis://HOST:PORT/DB [env UNISUP_ONLINE]"),
+    repo: Path | None = typer.Option(None, help="Feature repo dir [env UNISUP_REPO; ./feature_repo]"),
 ) -> None:
     with friendly_errors():
         ctx.obj = Workspace.from_env(workspace, online, repo)
@@ -66,7 +66,7 @@ def friendly_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _as_of(value: Optional[str]) -> pd.Timestamp:
+def _as_of(value: str | None) -> pd.Timestamp:
     return pd.Timestamp(value, tz="UTC") if value else today()
 
 
@@ -74,9 +74,9 @@ def _as_of(value: Optional[str]) -> pd.Timestamp:
 def ingest_homedepot_cmd(
     ctx: typer.Context,
     judgments: Path = typer.Option(HOMEDEPOT / "judgments.csv", help="Home Depot judgments CSV"),
-    products: Optional[Path] = typer.Option(HOMEDEPOT / "products.csv", help="Catalog CSV (optional)"),
+    products: Path | None = typer.Option(HOMEDEPOT / "products.csv", help="Catalog CSV (optional)"),
     encoding: str = typer.Option("auto", help="auto | utf-8 | iso-8859-1"),
-    as_of: Optional[str] = typer.Option(None, help="Timestamp for rows without one (default: today)"),
+    as_of: str | None = typer.Option(None, help="Timestamp for rows without one (default: today)"),
 ) -> None:
     """Read Home Depot judgments (+ catalog) into the lake; bad rows go to lake/rejects/."""
     from pipelines.ingest.homedepot import ingest_homedepot
@@ -100,7 +100,7 @@ def ingest_synthetic_cmd(
     items: int = typer.Option(2000, help="Catalog size"),
     queries: int = typer.Option(500, help="Distinct queries"),
     seed: int = typer.Option(0, help="Random seed; same seed, same tables"),
-    as_of: Optional[str] = typer.Option(None, help="Timestamp stamped on rows (default: today)"),
+    as_of: str | None = typer.Option(None, help="Timestamp stamped on rows (default: today)"),
 ) -> None:
     """Write a seeded synthetic catalog, queries and graded judgments in the lake's schema."""
     from pipelines.ingest.synthetic import generate_synthetic
@@ -115,9 +115,9 @@ def ingest_synthetic_cmd(
 def signals_build_cmd(
     ctx: typer.Context,
     quick: bool = typer.Option(False, help="A sample of queries, for tests and CI"),
-    only: Optional[list[str]] = typer.Option(None, help="Only these signals (repeatable)"),
+    only: list[str] | None = typer.Option(None, help="Only these signals (repeatable)"),
     seed: int = typer.Option(0),
-    as_of: Optional[str] = typer.Option(None, help="Snapshot time of the run (default: today)"),
+    as_of: str | None = typer.Option(None, help="Snapshot time of the run (default: today)"),
 ) -> None:
     """Run every registered producer and write its table where its feature view reads it."""
     from pipelines.signals.build import build_signals
@@ -147,7 +147,7 @@ def apply_cmd(ctx: typer.Context) -> None:
 def materialize_cmd(
     ctx: typer.Context,
     full: bool = typer.Option(False, "--full", help="Reload each view's whole TTL window"),
-    end: Optional[str] = typer.Option(None, help="Up to this time (default: now)"),
+    end: str | None = typer.Option(None, help="Up to this time (default: now)"),
 ) -> None:
     """Load the latest feature values into the online store (incremental by default)."""
     from pipelines.features.materialize import materialize

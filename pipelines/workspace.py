@@ -52,7 +52,7 @@ class Workspace:
 
     @classmethod
     def from_env(cls, root: str | Path | None = None, online: str | None = None,
-                 repo_dir: str | Path | None = None) -> "Workspace":
+                 repo_dir: str | Path | None = None) -> Workspace:
         """Flags win over UNISUP_WORKSPACE / UNISUP_ONLINE / UNISUP_REPO, which win over defaults."""
         root = Path(root or os.environ.get("UNISUP_WORKSPACE", "workspace")).resolve()
         online = online or os.environ.get("UNISUP_ONLINE", "sqlite")

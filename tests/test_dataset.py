@@ -8,15 +8,17 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import AS_OF, prepare
 from pipelines.cli import app
 from pipelines.features.dataset import build_dataset
+
+from conftest import AS_OF, prepare
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from conftest import copy_repo
     from pipelines.workspace import Workspace
+
+    from conftest import copy_repo
 
     root = tmp_path_factory.mktemp("dataset")
     return prepare(Workspace(root=root / "ws", repo_dir=copy_repo(root / "repo")))
@@ -26,6 +28,7 @@ def _entities(ws) -> tuple[pd.DataFrame, dict]:
     tl = pd.read_parquet(ws.features_dir / "teacher_labels.parquet")
     eng = pd.read_parquet(ws.features_dir / "engagement_stats.parquet")
     v1_ts, v2_ts = sorted(tl["event_timestamp"].unique())
+    version = tl.drop_duplicates("event_timestamp").set_index("event_timestamp")["teacher_version"]
     both = eng.merge(tl[["query_id", "item_id"]].drop_duplicates())  # a pair with both signals
     q, i = both.iloc[0][["query_id", "item_id"]]
     last_eng = eng.loc[(eng.query_id == q) & (eng.item_id == i), "event_timestamp"].max()
@@ -38,18 +41,19 @@ def _entities(ws) -> tuple[pd.DataFrame, dict]:
         (q, i, v2_ts + pd.Timedelta(hours=1)),        # duplicate entity row: kept twice
     ], columns=["query_id", "item_id", "event_timestamp"])
     rows["event_timestamp"] = rows["event_timestamp"].astype("datetime64[us, UTC]")
-    return rows, {"v1": v1_ts, "v2": v2_ts}
+    return rows, {"v1": version[v1_ts], "v2": version[v2_ts]}
 
 
 @pytest.mark.parametrize("engine", ["duckdb", "feast"])
 def test_point_in_time_versions_and_kept_rows(ws, tmp_path, engine):
-    rows, _ = _entities(ws)
+    rows, versions = _entities(ws)
+    assert versions["v1"] != versions["v2"]
     result = build_dataset(ws, rows, tmp_path / engine, engine=engine)
     df = pd.read_parquet(result.path)
     assert len(df) == len(rows)
     assert df["query_id"].tolist() == rows["query_id"].tolist()
-    assert df["teacher_version"].tolist()[:3] == ["synthetic-v2", "synthetic-v1", None]
-    assert df["teacher_version"].iloc[5] == "synthetic-v2"
+    assert df["teacher_version"].tolist()[:3] == [versions["v2"], versions["v1"], None]
+    assert df["teacher_version"].iloc[5] == versions["v2"]
     assert df.iloc[3].drop(["query_id", "item_id", "event_timestamp"]).isna().all() or \
         df.iloc[3][["expected_grade", "fusion_score", "clicks_30d", "title"]].isna().all()
     assert pd.isna(df["clicks_30d"].iloc[4]) and not pd.isna(df["clicks_30d"].iloc[0])

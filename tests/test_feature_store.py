@@ -9,12 +9,13 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from conftest import AS_OF
 from pipelines.cli import app
 from pipelines.features.consistency import check_consistency
 from pipelines.features.materialize import materialize
 from pipelines.features.online import OnlineFeatures
 from pipelines.features.repo import feature_store
+
+from conftest import AS_OF
 
 END = (AS_OF + pd.Timedelta(hours=1)).to_pydatetime()
 

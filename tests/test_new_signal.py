@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import AS_OF, prepare
 from pipelines.features.dataset import build_dataset
 from pipelines.features.materialize import materialize
 from pipelines.features.online import OnlineFeatures
 from pipelines.features.repo import apply, feature_store
 from pipelines.signals.build import build_signals
 from pipelines.signals.spec import SignalContext
+
+from conftest import AS_OF, prepare
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "signals" / "title_overlap.py"
 REGISTRATION = "from title_overlap import SIGNAL as title_overlap\n"

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import AS_OF, copy_repo
 from feast import FeatureService, FeatureView, Field
 from feast.errors import FeatureNameCollisionError
 from feast.types import Int64
@@ -25,6 +24,8 @@ from pipelines.features.pit import PointInTimeError, historical_features
 from pipelines.features.repo import apply, feature_store
 from pipelines.signals.build import conform, table_path, view_schema
 from pipelines.workspace import Workspace
+
+from conftest import AS_OF, copy_repo
 
 T0 = AS_OF - pd.Timedelta(days=40)
 US = pd.Timedelta(microseconds=1)

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
-from conftest import AS_OF, prepare
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
@@ -35,6 +34,8 @@ from pipelines.features.redis_fast import RedisFeatureReader, materialize_redis,
 from pipelines.features.repo import apply, feature_store
 from pipelines.signals.build import table_path, view_schema
 from pipelines.workspace import Workspace
+
+from conftest import AS_OF, prepare
 
 END = (AS_OF + pd.Timedelta(hours=1)).to_pydatetime()
 SLOW = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
@@ -213,7 +214,8 @@ def edge_tables(ws: Workspace, seed: int = 0) -> None:
             vt = f.dtype.to_value_type()
             vals = {ValueType.FLOAT: rng.normal(size=n).astype(np.float32),
                     ValueType.INT64: rng.integers(-(2**60), 2**60, n),
-                    ValueType.STRING: np.array([f"v{x}✓" if x else "" for x in rng.integers(0, 9, n)], dtype=object)}[vt]
+                    ValueType.STRING: np.array([f"v{x}✓" if x else "" for x in rng.integers(0, 9, n)],
+                                               dtype=object)}[vt]
             col = pd.Series(vals, dtype=object)
             col[rng.random(n) < 0.15] = None
             if vt == ValueType.FLOAT:
@@ -280,7 +282,8 @@ def test_incremental_picks_up_only_newer_rows(make_workspace, redis_server):
     before = dump(redis.Redis(port=redis_server.port, db=1))
     assert len(before) == 2
     # q0 gets a newer row; q1 a row older than e1 that the first run never saw: only q0 moves.
-    newer = pa.concat_tables([old, rows([e1 + timedelta(hours=1)], 7), rows([e1 - timedelta(minutes=5)] * 2, 9).slice(1)])
+    newer = pa.concat_tables([old, rows([e1 + timedelta(hours=1)], 7),
+                              rows([e1 - timedelta(minutes=5)] * 2, 9).slice(1)])
     step(newer, e2)
     after = dump(redis.Redis(port=redis_server.port, db=1))
     changed = [k for k in after if after[k] != before.get(k)]
@@ -295,7 +298,8 @@ def request_pairs(ws: Workspace, rng: np.random.Generator) -> list[tuple[str, st
     known = list(zip(tl["query_id"], tl["item_id"]))
     queries, items = sorted(set(tl["query_id"])), sorted(set(tl["item_id"]))
     pairs = [known[i] for i in rng.integers(0, len(known), 60)]
-    pairs += [(queries[i], items[j]) for i, j in zip(rng.integers(0, len(queries), 30), rng.integers(0, len(items), 30))]
+    picks = zip(rng.integers(0, len(queries), 30), rng.integers(0, len(items), 30))
+    pairs += [(queries[i], items[j]) for i, j in picks]
     pairs += [("no-such-query", items[0]), (queries[0], "no-such-item"), ("nq", "ni")]
     return pairs + pairs[:5]
 
@@ -335,7 +339,8 @@ def test_reader_random_requests(realistic):
     reader = RedisFeatureReader(ws)
     pool = request_pairs(ws, np.random.default_rng(2))
 
-    @given(st.lists(st.sampled_from(pool) | st.tuples(st.text(max_size=4), st.text(max_size=4)), min_size=1, max_size=40))
+    random_pair = st.tuples(st.text(max_size=4), st.text(max_size=4))
+    @given(st.lists(st.sampled_from(pool) | random_pair, min_size=1, max_size=40))
     @SLOW
     def check(pairs):
         feast = store.get_online_features(features=service, entity_rows=[{"query_id": q, "item_id": i}

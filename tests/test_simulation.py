@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import AS_OF
 
 from pipelines.features.gate import RELEVANT_GRADE, gated_engagement
 from pipelines.features.repo import load_repo
@@ -21,6 +20,8 @@ from pipelines.signals.engagement import (
 from pipelines.signals.spec import SignalContext
 from pipelines.simulation import EMPTY, EXAMINATION, BM25Ranker, ClickConfig, simulate
 from pipelines.workspace import DEFAULT_REPO
+
+from conftest import AS_OF
 
 BUSY = ClickConfig(searches_per_query_day=20.0)  # more traffic per query: tight estimates, still fast
 

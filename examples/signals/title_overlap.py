@@ -15,10 +15,11 @@ import pandas as pd
 from feast import FeatureView, Field
 from feast.types import Float32, Int64
 
-from data_sources import signal_source
-from entities import PAIR
 from pipelines.signals.spec import Signal, SignalContext
 from pipelines.text import normalize_query
+
+from data_sources import signal_source
+from entities import PAIR
 
 # Share of query tokens found in the title, per judged (query, item) pair of training queries.
 title_overlap_fv = FeatureView(

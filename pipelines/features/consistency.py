@@ -8,14 +8,15 @@ A mismatch means materialization is stale or a write path diverged from Feast's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipelines.features.dataset import feast_historical, table_path_of
+from pipelines.features.dataset import feast_historical
 from pipelines.features.online import OnlineFeatures
+from pipelines.signals.build import table_path
 from pipelines.workspace import Workspace
 
 
@@ -36,7 +37,7 @@ def sample_pairs(client: OnlineFeatures, n: int, seed: int) -> pd.DataFrame:
     for proj in client.service.feature_view_projections:
         view = client.store.get_feature_view(proj.name) if _is_batch(client, proj.name) else None
         if view is not None and {"query_id", "item_id"} <= set(view.join_keys):
-            path = table_path_of(client.store, view)
+            path = table_path(client.ws, view)
             keys.append(pq.read_table(path, columns=["query_id", "item_id"]).to_pandas())
     pool = pd.concat(keys, ignore_index=True).drop_duplicates(ignore_index=True)
     return pool.sample(n=min(n, len(pool)), random_state=seed).reset_index(drop=True)
@@ -60,7 +61,7 @@ def check_consistency(ws: Workspace, n: int = 1000, seed: int = 0,
     """Compare offline (as of now) and online values of `service` for n sampled pairs."""
     client = OnlineFeatures(ws, service=service)
     pairs = sample_pairs(client, n, seed)
-    now = pd.Timestamp(datetime.now(timezone.utc)).floor("us")
+    now = pd.Timestamp(datetime.now(UTC)).floor("us")
     offline = feast_historical(client.store, client.service, pairs.assign(event_timestamp=now))
     online = client.get_online_features(list(pairs.itertuples(index=False, name=None)))
     rows = []

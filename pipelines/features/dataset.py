@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +21,7 @@ from feast import FeatureService, FeatureStore
 
 from pipelines.features.repo import feature_store
 from pipelines.lake import utc_micros
+from pipelines.signals.build import table_path
 from pipelines.workspace import Workspace
 
 ENTITY_COLUMNS = ("query_id", "item_id", "event_timestamp")
@@ -112,19 +113,19 @@ def build_dataset(ws: Workspace, entities: pd.DataFrame | Path, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "dataset.parquet"
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
-    lineage = _lineage(store, fs, rows, df, entities_file, engine)
+    lineage = _lineage(ws, store, fs, rows, df, entities_file, engine)
     (out_dir / "lineage.json").write_text(json.dumps(lineage, indent=2))
     return DatasetResult(path=path, lineage=lineage)
 
 
-def _lineage(store: FeatureStore, fs: FeatureService, rows: pd.DataFrame, df: pd.DataFrame,
+def _lineage(ws: Workspace, store: FeatureStore, fs: FeatureService, rows: pd.DataFrame, df: pd.DataFrame,
              entities_file: Path | None, engine: str) -> dict:
     views, sources = {}, {}
     for proj in fs.feature_view_projections:
         views[proj.name] = [f.name for f in proj.features]
         view = _view(store, proj.name)
         if getattr(view, "batch_source", None) is not None:
-            path = table_path_of(store, view)
+            path = table_path(ws, view)
             sources[proj.name] = {"path": str(path), "sha256": file_sha256(path)}
     features = [f for names in views.values() for f in names]
     return {
@@ -138,11 +139,5 @@ def _lineage(store: FeatureStore, fs: FeatureService, rows: pd.DataFrame, df: pd
         "rows": len(df),
         "null_rate": {f: round(float(df[f].isna().mean()), 6) for f in features if f in df.columns},
         "engine": engine,
-        "created": datetime.now(timezone.utc).isoformat(),
+        "created": datetime.now(UTC).isoformat(),
     }
-
-
-def table_path_of(store: FeatureStore, view) -> Path:
-    """A view's source file, resolved against the store's repo path (the workspace)."""
-    path = Path(view.batch_source.path)
-    return path if path.is_absolute() else Path(store.repo_path) / path

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipelines.features.repo import feature_store
-from pipelines.features.dataset import table_path_of
+from pipelines.signals.build import table_path
 from pipelines.workspace import Workspace
 
 
@@ -18,7 +18,7 @@ def sample_entities(ws: Workspace, n: int, seed: int = 0, days: int = 30,
     Spreading event times over a window is what makes the set point-in-time: rows early in the
     window see older signal versions (or none) and late rows the newest."""
     store = feature_store(ws)
-    path = table_path_of(store, store.get_feature_view(view))
+    path = table_path(ws, store.get_feature_view(view))
     pairs = pq.read_table(path, columns=["query_id", "item_id"]).to_pandas().drop_duplicates()
     rng = np.random.default_rng(seed)
     pick = pairs.iloc[rng.integers(0, len(pairs), size=n)].reset_index(drop=True)

@@ -7,9 +7,9 @@ running either twice leaves the online store unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from pipelines.features.repo import feature_store
 from pipelines.workspace import Workspace
@@ -24,7 +24,7 @@ class MaterializeReport:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def materialize(ws: Workspace, incremental: bool = True, end: datetime | None = None,

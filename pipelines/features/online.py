@@ -7,7 +7,7 @@ fetched values through the same function as in training sets.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 

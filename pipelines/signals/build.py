@@ -7,16 +7,16 @@ not later inside Feast.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureView
-from feast.types import Float32, Float64, Int32, Int64, String, Bool
+from feast.types import Bool, Float32, Float64, Int32, Int64, String
 
-from pipelines.lake import utc_micros
+from pipelines.lake import to_arrow
 from pipelines.signals.spec import Signal, SignalContext
 from pipelines.workspace import Workspace
 
@@ -56,19 +56,12 @@ def conform(view: FeatureView, df: pd.DataFrame, join_keys: list[str] | None = N
     missing = [f.name for f in schema if f.name not in df.columns]
     if missing:
         raise SignalTableError(f"signal {view.name!r}: producer output lacks columns {missing}")
-    cols = {}
-    for field in schema:
-        col = df[field.name]
-        if field.name in TIMESTAMPS:
-            if col.isna().any():
-                raise SignalTableError(f"signal {view.name!r}: {field.name} has nulls")
-            col = utc_micros(col)
-        elif field.name in join_keys and col.isna().any():
-            raise SignalTableError(f"signal {view.name!r}: key {field.name} has nulls")
-        cols[field.name] = col
+    for name in (*join_keys, *TIMESTAMPS):
+        if df[name].isna().any():
+            raise SignalTableError(f"signal {view.name!r}: column {name} has nulls")
     try:
-        return pa.Table.from_pandas(pd.DataFrame(cols), schema=schema, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        return to_arrow(df, schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError) as exc:
         raise SignalTableError(f"signal {view.name!r}: {exc}") from exc
 
 

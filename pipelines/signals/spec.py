@@ -9,9 +9,9 @@ there; no core code changes.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
 
 import pandas as pd
 from feast import FeatureView
@@ -41,7 +41,7 @@ class Signal:
     offline-only (training sets still get every feature)."""
 
     view: FeatureView
-    producer: Union[Producer, str]  # a function, or "module:function" imported on first use
+    producer: Producer | str  # a function, or "module:function" imported on first use
     online_features: tuple[str, ...] = ()
 
     @property
