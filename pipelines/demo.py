@@ -63,8 +63,9 @@ def run_demo(ws: Workspace, console: Console, quick: bool = False, synthetic: bo
     client = OnlineFeatures(ws)
     sample = entities.head(5)
     online = client.get_online_features(list(zip(sample["query_id"], sample["item_id"])))
-    table = Table(*online.columns, title="retriever_online features (one batched lookup)")
-    for row in online.itertuples(index=False):
-        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v)[:40] for v in row))
+    table = Table("feature", *(f"pair {i + 1}" for i in range(len(online))),
+                  title="retriever_online features (one batched lookup)")
+    for name in online.columns:
+        table.add_row(name, *(f"{v:.3g}" if isinstance(v, float) else str(v)[:24] for v in online[name]))
     console.print(table)
     return report.ok
