@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipelines.workspace import ConfigError, Workspace
+from pipelines.workspace import HOMEDEPOT, ConfigError, Workspace
 
 # Feast flags on-demand views as experimental and ibis/duckdb announce API renames on every call;
 # neither is actionable for a user of this CLI.
@@ -32,7 +32,6 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(signals_app, name="signals")
 app.add_typer(dataset_app, name="dataset")
 console = Console(stderr=True)
-HOMEDEPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 
 
 def today() -> pd.Timestamp:

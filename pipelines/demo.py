@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.workspace import Workspace
-
-HOMEDEPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
+from pipelines.workspace import HOMEDEPOT, Workspace
 
 
 def run_demo(ws: Workspace, console: Console, quick: bool = False, synthetic: bool = False,

@@ -21,6 +21,7 @@ from pipelines.lake import Lake
 PROJECT = "unisup"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPO = PROJECT_ROOT / "feature_repo"
+HOMEDEPOT = PROJECT_ROOT.parent / "shared" / "data" / "homedepot"  # real judgments, beside the project
 ENTITY_KEY_SERIALIZATION_VERSION = 3
 
 

@@ -20,7 +20,6 @@ from pipelines.workspace import DEFAULT_REPO, Workspace
 # Yesterday midnight: recent enough that no view's TTL has expired "as of now" (consistency
 # compares against now), old enough that materializing up to AS_OF + 1h is in the past.
 AS_OF = pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=1)
-HOMEDEPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 
 
 def free_port() -> int:

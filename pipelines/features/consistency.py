@@ -33,18 +33,15 @@ class ConsistencyReport:
 
 def sample_pairs(client: OnlineFeatures, n: int, seed: int) -> pd.DataFrame:
     """Up to n distinct (query_id, item_id) keys drawn from every pair view's table."""
+    batch = {fv.name: fv for fv in client.store.list_feature_views()}  # on-demand views have no table
     keys = []
     for proj in client.service.feature_view_projections:
-        view = client.store.get_feature_view(proj.name) if _is_batch(client, proj.name) else None
+        view = batch.get(proj.name)
         if view is not None and {"query_id", "item_id"} <= set(view.join_keys):
             path = table_path(client.ws, view)
             keys.append(pq.read_table(path, columns=["query_id", "item_id"]).to_pandas())
     pool = pd.concat(keys, ignore_index=True).drop_duplicates(ignore_index=True)
     return pool.sample(n=min(n, len(pool)), random_state=seed).reset_index(drop=True)
-
-
-def _is_batch(client: OnlineFeatures, name: str) -> bool:
-    return any(fv.name == name for fv in client.store.list_feature_views())
 
 
 def _equal(a: pd.Series, b: pd.Series) -> np.ndarray:
