@@ -52,8 +52,6 @@ def synthetic_rows(view, n: int, seed: int) -> pa.Table:
 
     Keys depend on n only, so every pair view built with the same n holds the same pairs;
     item or query views keep their own key column (repeats resolve to the latest row)."""
-    from feast.types import Float32, Int64
-
     from pipelines.signals.build import view_schema
 
     rng = np.random.default_rng(seed)
@@ -63,6 +61,17 @@ def synthetic_rows(view, n: int, seed: int) -> pa.Table:
     event = pd.Timestamp(AS_OF) - pd.to_timedelta(rng.integers(60, 6 * 86400, n), unit="s")
     cols["event_timestamp"] = pa.array(event)
     cols["created_timestamp"] = pa.array(event + pd.to_timedelta(rng.integers(0, 7200, n), unit="s"))
+    cols.update(feature_columns(view, n, rng))
+    schema = view_schema(view)
+    return pa.table(cols).select(schema.names).cast(schema)
+
+
+def feature_columns(view, n: int, rng: np.random.Generator) -> dict[str, pa.Array]:
+    """n random values per feature of `view`, 5% null: float32 in [0, 1), int64 in [0, 5000), or
+    one of two version strings."""
+    from feast.types import Float32, Int64
+
+    cols = {}
     for f in view.features:
         null = pa.array(rng.random(n) < 0.05)
         if f.dtype == Float32:
@@ -72,8 +81,7 @@ def synthetic_rows(view, n: int, seed: int) -> pa.Table:
         else:
             values = pa.array(rng.choice(np.array(["synthetic-v1", "synthetic-v2"], dtype=object), n))
         cols[f.name] = pc.if_else(null, pa.scalar(None, values.type), values)
-    schema = view_schema(view)
-    return pa.table(cols).select(schema.names).cast(schema)
+    return cols
 
 
 def build(root: Path, online: str, view_name: str, rows: int, seed: int):

@@ -12,7 +12,7 @@ from features import engagement_stats_fv, teacher_labels_fv
 gated_engagement = OnDemandFeatureView(
     name="gated_engagement",
     sources=[
-        teacher_labels_fv[["expected_grade"]],
+        teacher_labels_fv[["grade_p2", "grade_p3"]],
         engagement_stats_fv[["clicks_30d", "orders_30d", "ctr_debiased_30d"]],
     ],
     # Field descriptions stay off: Feast 0.67 compares them with the inferred (empty) ones.
@@ -27,7 +27,7 @@ gated_engagement = OnDemandFeatureView(
     # Feast re-creates UDFs from this text at read time; importing keeps the one definition.
     udf_string="from pipelines.features.gate import gated_engagement",
     description=(
-        "Engagement kept only where the teacher labels the pair relevant: is_relevant (1 if expected"
-        " grade >= the gate), gated_clicks_30d, gated_orders_30d, gated_ctr_30d (debiased)."
+        "Engagement kept only where the teacher labels the pair relevant: is_relevant (1 if"
+        " P(grade >= 2) = grade_p2 + grade_p3 >= 0.5), gated_clicks_30d, gated_orders_30d, gated_ctr_30d."
     ),
 )

@@ -6,6 +6,8 @@ SIGNAL, see README "Adding a signal") and register it here with one line:
     from my_signal import SIGNAL as my_signal
 """
 
+from pipelines.signals.spec import Signal
+
 from features import (
     engagement_stats_fv,
     item_profile_fv,
@@ -13,12 +15,11 @@ from features import (
     retrieval_prior_fv,
     teacher_labels_fv,
 )
-from pipelines.signals.spec import Signal
 
-# Producers are synthetic until the real ones land (issue 4); the tables are real parquet either way.
+# Order matters only for speed: the teacher computes the candidate table the prior then reuses.
 teacher_labels = Signal(
     teacher_labels_fv,
-    producer="pipelines.signals.synthetic:teacher_labels",
+    producer="pipelines.signals.teacher:teacher_labels",
     online_features=("expected_grade", "confidence"),
 )
 retrieval_prior = Signal(

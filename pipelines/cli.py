@@ -124,10 +124,34 @@ def signals_build_cmd(
 
     ws: Workspace = ctx.obj
     sctx = SignalContext(lake=ws.lake, as_of=_as_of(as_of), seed=seed, quick=quick,
-                         work_dir=ws.root / "cache")
+                         work_dir=ws.cache_dir)
     with friendly_errors(), console.status("producing signals") as status:
-        build_signals(ws, sctx, only=only,
-                      on_done=lambda name, path, n: status.console.print(f"  {name}: {n:,} rows -> {path}"))
+        build_signals(ws, sctx, only=only, on_done=lambda name, path, n, s: status.console.print(
+            f"  {name}: {n:,} rows in {s:.0f} s -> {path}"))
+    console.print(f"rows and seconds per signal -> {ws.cache_dir / 'signals_build.json'}")
+
+
+@signals_app.command("report")
+def signals_report_cmd(
+    ctx: typer.Context,
+    quick: bool = typer.Option(False, help="The quick teacher profile (as built with --quick)"),
+    seed: int = typer.Option(0),
+    out: Path | None = typer.Option(None, help="JSON output [workspace/reports/teacher.json]"),
+) -> None:
+    """Teacher quality, calibration and cost on the dev split (stage 1, stage 2 everywhere, cascade)."""
+    import torch
+
+    from pipelines.teacher.report import print_report, teacher_report
+
+    ws: Workspace = ctx.obj
+    out = out or ws.root / "reports" / "teacher.json"
+    torch.set_num_threads(2)
+    with friendly_errors():
+        report = teacher_report(ws.lake, ws.cache_dir, quick=quick, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print_report(report, Console(width=180))
+    console.print(f"report -> {out}")
 
 
 @app.command("apply")
@@ -197,6 +221,35 @@ def dataset_entities_cmd(
     console.print(f"{len(df):,} entity rows -> {out}")
 
 
+@app.command("train")
+def train_cmd(
+    ctx: typer.Context,
+    target: str = typer.Option("unified", help="unified | engagement | human | teacher (ablations)"),
+    quick: bool = typer.Option(False, help="A few dozen queries, short lists (tests and CI)"),
+    epochs: int | None = typer.Option(None, help="Override the profile's epochs"),
+    max_queries: int | None = typer.Option(None, help="Cap the training queries (seeded sample)"),
+    name: str | None = typer.Option(None, help="Model version name (default: hash of lineage + weights)"),
+    seed: int = typer.Option(0),
+    as_of: str | None = typer.Option(None, help="Event time of the training set's rows (default: today)"),
+) -> None:
+    """Distil the unified target (or an ablation's) into a MiniLM bi-encoder; register the version."""
+    from dataclasses import replace
+
+    from pipelines.training.config import TargetConfig, TrainConfig
+    from pipelines.training.train import train
+
+    ws: Workspace = ctx.obj
+    with friendly_errors():
+        config = TrainConfig.quick(kind=target, seed=seed) if quick else TrainConfig(
+            target=TargetConfig(kind=target), seed=seed)
+        if epochs is not None:
+            config = replace(config, epochs=epochs)
+        if max_queries is not None:
+            config = replace(config, data=replace(config.data, max_queries=max_queries))
+        result = train(ws, config, as_of=_as_of(as_of), name=name, console=console)
+    print(json.dumps({"version": result.model.version, "path": str(result.model.path), **result.stats}))
+
+
 @app.command("consistency")
 def consistency_cmd(
     ctx: typer.Context,
@@ -221,6 +274,108 @@ def consistency_cmd(
     raise typer.Exit(1)
 
 
+index_app = typer.Typer(no_args_is_help=True, help="FAISS indexes of the catalog and their blend weights.")
+app.add_typer(index_app, name="index")
+
+
+@contextmanager
+def index_errors() -> Iterator[None]:
+    """Index and blend problems a user can fix become one red line (via friendly_errors)."""
+    from pipelines.index.fit_blend import BlendError
+    from pipelines.index.store import IndexMismatch
+
+    try:
+        yield
+    except (BlendError, IndexMismatch) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@index_app.command("build")
+def index_build_cmd(
+    ctx: typer.Context,
+    model: str | None = typer.Option(None, help="Model version [newest trained, else minilm-l6-v2]"),
+    kind: str = typer.Option("flat", help="flat (exact inner product) | hnsw (approximate; recall@100 reported)"),
+    hnsw_m: int = typer.Option(32, help="HNSW graph degree"),
+    ef_construction: int = typer.Option(200, help="HNSW build beam"),
+    ef_search: int = typer.Option(256, help="HNSW query beam, stored with the index"),
+    blend: bool = typer.Option(True, help="Also fit the blend weights (needs `unisup apply`)"),
+) -> None:
+    """Encode the catalog with a model version and write index, item map and manifest."""
+    from pipelines.index.build import IndexConfig, build_index
+
+    ws: Workspace = ctx.obj
+    with friendly_errors(), known_models(), index_errors():
+        config = IndexConfig(model=model, kind=kind, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                             ef_search=ef_search)
+        manifest = build_index(ws, config)
+    console.print(f"index {manifest.index_version}: {manifest.items:,} items x {manifest.dim} ({manifest.kind}), "
+                  f"recall@100 vs exact {manifest.recall_at_100} over {manifest.recall_queries} queries, "
+                  f"{manifest.build_seconds:.1f}s -> {ws.indexes_dir / manifest.index_version}")
+    if blend:
+        fit_and_show_blend(ws, ws.indexes_dir / manifest.index_version, as_of=None)
+
+
+@index_app.command("blend")
+def index_blend_cmd(
+    ctx: typer.Context,
+    index: Path | None = typer.Option(None, help="Index dir [newest under WORKSPACE/indexes]"),
+    as_of: str | None = typer.Option(None, help="Read features as of this time [each judgment's time]"),
+) -> None:
+    """Fit the blend of model score and retriever_online features; writes blend.json in the index dir."""
+    from pipelines.index.store import find_index
+
+    ws: Workspace = ctx.obj
+    with friendly_errors():
+        index = index or find_index(ws.indexes_dir)
+    fit_and_show_blend(ws, index, as_of=pd.Timestamp(as_of, tz="UTC") if as_of else None)
+
+
+def fit_and_show_blend(ws: Workspace, index: Path, as_of: pd.Timestamp | None) -> None:
+    """Fit the blend for one index and print its weights and per-query AUCs."""
+    from pipelines.index.fit_blend import fit_blend
+
+    with friendly_errors(), known_models(), index_errors(), console.status("fitting the blend"):
+        result = fit_blend(ws, index, as_of=as_of)
+    table = Table("input", "weight", "transform", title="blend (pipelines/index/blend.py)")
+    for name, weight, log in zip(result.inputs, result.weights, result.log1p):
+        table.add_row(name, f"{weight:+.3f}", "log1p" if log else "")
+    console.print(table)
+    fit = result.fitted
+    console.print(f"per-query AUC, train (in-sample): {fit.get('train_query_auc')} (model score alone "
+                  f"{fit.get('train_query_auc_model_score')}); dev: {fit.get('dev_query_auc')} "
+                  f"(model score alone {fit.get('dev_query_auc_model_score')})")
+
+
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    index: Path | None = typer.Option(None, help="Index dir [env UNISUP_INDEX; newest in WORKSPACE/indexes]"),
+    model_dir: Path | None = typer.Option(None, help="Model dir [env UNISUP_MODEL_DIR; the index's model]"),
+    config: Path | None = typer.Option(None, help="YAML settings file [env UNISUP_SERVE_CONFIG]"),
+    host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless you mean otherwise)"),
+    port: int = typer.Option(3000),
+) -> None:
+    """Start the BentoML retriever (serving/service.py); same as `bentoml serve serving.service:Retriever`."""
+    import os
+
+    from pipelines.workspace import PROJECT_ROOT
+    from serving.config import ServeConfig
+
+    ws: Workspace = ctx.obj
+    env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, "UNISUP_WORKSPACE": str(ws.root),
+           "UNISUP_ONLINE": ws.online, "UNISUP_REPO": str(ws.repo_dir)}
+    for key, value in (("UNISUP_INDEX", index), ("UNISUP_MODEL_DIR", model_dir), ("UNISUP_SERVE_CONFIG", config)):
+        if value is not None:
+            env[key] = str(value.resolve())
+    with friendly_errors():  # the settings the service will read, checked here for a one-line error
+        settings = ServeConfig.load(env)
+        manifest = settings.check()
+    console.print(f"serving index {manifest.index_version} (model {manifest.model_version}) "
+                  f"with features from {settings.online} on http://{host}:{port}")
+    os.execve(sys.executable, [sys.executable, "-m", "bentoml", "serve", "serving.service:Retriever",
+                               "--host", host, "--port", str(port), "--working-dir", str(PROJECT_ROOT)], env)
+
+
 @app.command("demo")
 def demo_cmd(
     ctx: typer.Context,
@@ -233,6 +388,80 @@ def demo_cmd(
     with friendly_errors():
         ok = run_demo(ctx.obj, console, quick=quick, synthetic=synthetic or not HOMEDEPOT.exists())
     raise typer.Exit(0 if ok else 1)
+
+
+@contextmanager
+def known_models() -> Iterator[None]:
+    """An unknown --model is a bad setting (one red line listing the available ones), not a crash."""
+    from pipelines.modeling.registry import UnknownModel
+
+    try:
+        yield
+    except UnknownModel as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@app.command("eval")
+def eval_cmd(
+    ctx: typer.Context,
+    judgments: Path | None = typer.Option(None, help="Judgments CSV in the Home Depot layout "
+                                                     "(search_term, product_uid, relevance)"),
+    split: str | None = typer.Option(None, help="Score the lake's own split instead (dev: held out)"),
+    model: list[str] | None = typer.Option(None, help="bm25 | char | rrf | an encoder version "
+                                                      "(repeatable; default: bm25 and minilm-l6-v2)"),
+    out: Path | None = typer.Option(None, help="Output dir [WORKSPACE/reports/eval-<file stem or split>]"),
+    encoding: str = typer.Option("auto", help="auto | utf-8 | iso-8859-1 (judgments file)"),
+) -> None:
+    """Top-100 from the whole catalog per judged query, scored per model and frequency bucket."""
+    from pipelines.evaluation.metrics import METRICS
+    from pipelines.evaluation.offline import EvalConfig, default_out, evaluate_models
+    from pipelines.evaluation.report import LABELS
+
+    ws: Workspace = ctx.obj
+    with friendly_errors(), known_models():
+        if (judgments is None) == (split is None):
+            raise ConfigError("give exactly one of --judgments FILE and --split NAME")
+        config = EvalConfig(**({"models": tuple(dict.fromkeys(model))} if model else {}), judgments=judgments,
+                            split=split or "dev", encoding=encoding)
+        out = out or default_out(ws, config)
+        report = evaluate_models(ws, config, out)
+    table = Table("model", *(LABELS[m] for m in METRICS), "queries",
+                  title=f"{report['input']['source']}: top-{report['depth']}")
+    for name, result in report["models"].items():
+        table.add_row(name, *(f"{result['mean'][m]:.4f}" for m in METRICS), str(result["queries"]))
+    console.print(table)
+    rejected = report["input"].get("file", {}).get("rows_rejected", 0)
+    if rejected:
+        console.print(f"[yellow]{rejected} rows quarantined[/yellow]: {report['input']['file']['rejects_path']}")
+    console.print(f"report -> {out}/report.md, report.json, per_query.csv, metrics.png, ndcg_by_bucket.png")
+
+
+@app.command("ab")
+def ab_cmd(
+    ctx: typer.Context,
+    a: str = typer.Option(..., help="Model shown to arm A (bm25 | char | rrf | an encoder version)"),
+    b: str = typer.Option(..., help="Model shown to arm B"),
+    split: str = typer.Option("dev", help="Lake split whose judged queries make the traffic"),
+    impressions: int = typer.Option(100_000, help="Expected searches per arm"),
+    days: int = typer.Option(14, help="Simulated days"),
+    seed: int = typer.Option(0, help="Seed of traffic, clicks and bootstrap (same for both arms)"),
+    resamples: int = typer.Option(2000, help="Bootstrap resamples of queries"),
+    out: Path | None = typer.Option(None, help="Output dir [WORKSPACE/reports/ab-A-vs-B-SPLIT]"),
+) -> None:
+    """Replay the click simulator with ranker A vs ranker B: CTR, orders, irrelevant share, 95% CIs."""
+    from pipelines.evaluation.ab import ABConfig, default_out, run_ab
+
+    ws: Workspace = ctx.obj
+    config = ABConfig(a=a, b=b, split=split, impressions=impressions, days=days, seed=seed, resamples=resamples)
+    out = out or default_out(ws, config)
+    with friendly_errors(), known_models():
+        report = run_ab(ws, config, out)
+    table = Table("metric", f"A {a}", f"B {b}", "B - A [95% CI]", title=f"{report['searches']:,} searches per arm")
+    for name, m in report["metrics"].items():
+        table.add_row(name, f"{m['a']:.4f}", f"{m['b']:.4f}",
+                      f"{m['diff']:+.4f} [{m['diff_ci'][0]:+.4f}, {m['diff_ci'][1]:+.4f}]")
+    console.print(table)
+    console.print(f"{report['ci']}; report -> {out}/ab.md, ab.json")
 
 
 if __name__ == "__main__":

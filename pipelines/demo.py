@@ -45,9 +45,9 @@ def run_demo(ws: Workspace, console: Console, quick: bool = False, synthetic: bo
         report = step("ingest Home Depot", lambda: ingest_homedepot(
             HOMEDEPOT / "judgments.csv", HOMEDEPOT / "products.csv", ws.lake, as_of))
         console.print(f"  rejected rows: {report.judgments.rejects_by_reason or 'none'}")
-    ctx = SignalContext(lake=ws.lake, as_of=as_of, seed=seed, quick=quick, work_dir=ws.root / "cache")
-    rows = step("signals build", lambda: build_signals(ws, ctx))
-    console.print(f"  rows: {rows}")
+    ctx = SignalContext(lake=ws.lake, as_of=as_of, seed=seed, quick=quick, work_dir=ws.cache_dir)
+    built = step("signals build", lambda: build_signals(ws, ctx))
+    console.print("  " + ", ".join(f"{name}: {r['rows']:,} rows in {r['seconds']:.0f} s" for name, r in built.items()))
     step("apply", lambda: apply(ws))
     step("materialize", lambda: materialize(ws, incremental=False))
     entities = sample_entities(ws, n=10_000, seed=seed)

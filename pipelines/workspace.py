@@ -74,6 +74,21 @@ class Workspace:
     def datasets_dir(self) -> Path:
         return self.root / "datasets"
 
+    @property
+    def models_dir(self) -> Path:
+        """Trained encoders, one HF directory per model version (pipelines.modeling.registry)."""
+        return self.root / "models"
+
+    @property
+    def indexes_dir(self) -> Path:
+        """FAISS indexes, one directory per (model version, catalog) with its manifest."""
+        return self.root / "indexes"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Producers' scratch: fitted teachers, embeddings, candidate tables (safe to delete)."""
+        return self.root / "cache"
+
     def repo_config(self) -> RepoConfig:
         return RepoConfig(**self._config_dict(), repo_path=self.root)
 

@@ -102,15 +102,23 @@ def make_workspace(tmp_path):
     return make
 
 
+# Plumbing tests (apply, materialize, datasets, online reads) swap the teacher cascade for the
+# synthetic producer of the same table: fitting a cross-encoder per workspace would triple the
+# suite's time and test nothing new there. tests/test_teacher.py runs the real producer.
+PLUMBING_PRODUCERS = {"teacher_labels": "pipelines.signals.synthetic:teacher_labels"}
+
+
 def prepare(ws: Workspace, seed: int = 0, items: int = 400, queries: int = 80) -> Workspace:
-    """A small synthetic lake, every registered signal produced, and the repo applied."""
+    """A small synthetic lake, every registered signal produced (quick profile, synthetic
+    teacher), and the repo applied."""
     from pipelines.features.repo import apply
     from pipelines.ingest.synthetic import generate_synthetic
     from pipelines.signals.build import build_signals
     from pipelines.signals.spec import SignalContext
 
     generate_synthetic(ws.lake, n_items=items, n_queries=queries, seed=seed, as_of=AS_OF)
-    build_signals(ws, SignalContext(lake=ws.lake, as_of=AS_OF, seed=seed))
+    build_signals(ws, SignalContext(lake=ws.lake, as_of=AS_OF, seed=seed, quick=True),
+                  producers=PLUMBING_PRODUCERS)
     apply(ws)
     return ws
 

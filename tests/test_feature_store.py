@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.features.consistency import check_consistency
+from pipelines.features.gate import RELEVANT_PROBABILITY
 from pipelines.features.materialize import materialize
 from pipelines.features.online import OnlineFeatures
 from pipelines.features.repo import feature_store
@@ -67,7 +68,8 @@ def test_online_lookup_is_one_call_for_pairs_and_items(prepared):
     assert out["expected_grade"].iloc[:20].tolist() == pytest.approx(sample["expected_grade"].tolist())
     # The unknown query has no pair features, but the item's own features still come back.
     assert pd.isna(out["expected_grade"].iloc[-1]) and isinstance(out["title"].iloc[-1], str)
-    gate = out["is_relevant"].iloc[:20].to_numpy() == (sample["expected_grade"].to_numpy() >= 1.5)
+    p_relevant = sample["grade_p2"].to_numpy() + sample["grade_p3"].to_numpy()
+    gate = out["is_relevant"].iloc[:20].to_numpy() == (p_relevant >= RELEVANT_PROBABILITY)
     assert gate.all()
 
 

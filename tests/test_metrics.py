@@ -87,3 +87,10 @@ def test_missing_run_counts_as_empty_and_ties_break_by_item_id():
     assert missing["ndcg@10"] == 0.0 and missing["recall@100"] == 0.0 and missing["coverage@10"] == 0.0
     assert set(out["mean"]) == set(METRICS)
     assert np.isclose(out["mean"]["ndcg@10"], (1 / math.log2(3) + 0.0) / 2)
+
+
+def test_a_run_that_found_nothing_for_any_query_scores_zero():
+    """Every list empty (a query set no channel matches): ranx cannot take such a run; the metrics are 0."""
+    out = evaluate({"q": {}}, judgments([("q", "a", 3.0), ("r", "b", 2.0)]))
+    assert out["mean"]["ndcg@10"] == 0.0 and out["mean"]["recall@100"] == 0.0 and out["queries"] == 2
+    assert out["mean"]["irrelevant@10"] == 0.0 and math.isnan(out["mean"]["mean_relevance@10"])

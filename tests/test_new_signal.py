@@ -27,7 +27,7 @@ def test_new_signal_flows_through_every_step(make_workspace, online):
         f.write(REGISTRATION)
 
     rows = build_signals(ws, SignalContext(lake=ws.lake, as_of=AS_OF), only=["title_overlap"])
-    assert rows["title_overlap"] > 0
+    assert rows["title_overlap"]["rows"] > 0
     apply(ws)
     store = feature_store(ws)
     training = {p.name for p in store.get_feature_service("training").feature_view_projections}

@@ -20,6 +20,7 @@ from pipelines.retrieval.bm25 import BM25Channel, tokenize
 from pipelines.retrieval.chars import CharChannel, char_text
 from pipelines.retrieval.dense import DenseChannel, item_embeddings
 from pipelines.retrieval.fusion import ABSENT, RRF_K, fused_run, prior_table, rrf
+from pipelines.signals import training
 from pipelines.signals.spec import SignalContext
 from pipelines.text import normalize_query, query_id, query_split
 
@@ -193,7 +194,7 @@ def test_retrieval_prior_table(catalog, encoder, dense_cache, tmp_path, monkeypa
     assert np.allclose(table["fusion_score"], rrf(ranks), rtol=1e-6)
     assert table.groupby("query_id")["rank_dense"].apply(lambda r: (r < ABSENT).sum()).eq(100).all()
 
-    monkeypatch.setattr(prior, "QUICK_QUERIES", 5)
+    monkeypatch.setattr(training, "QUICK_QUERIES", 5)
     quick = prior.retrieval_prior(SignalContext(lake=lake, as_of=AS_OF, seed=3, quick=True,
                                                 work_dir=tmp_path / "work"))
     assert quick["query_id"].nunique() == 5 and set(quick["query_id"]) <= train

@@ -6,18 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.features.gate import RELEVANT_GRADE, gated_engagement
+from pipelines.features.gate import RELEVANT_PROBABILITY, gated_engagement
 from pipelines.features.repo import load_repo
 from pipelines.ingest.synthetic import generate_synthetic
 from pipelines.lake import Lake
 from pipelines.signals.build import conform
-from pipelines.signals.engagement import (
-    SNAPSHOTS,
-    engagement_stats,
-    training_grades,
-    training_queries,
-)
+from pipelines.signals.engagement import SNAPSHOTS, engagement_stats
 from pipelines.signals.spec import SignalContext
+from pipelines.signals.training import training_judgments, training_queries
 from pipelines.simulation import EMPTY, EXAMINATION, BM25Ranker, ClickConfig, simulate
 from pipelines.workspace import DEFAULT_REPO
 
@@ -41,7 +37,7 @@ def ctx(lake, tmp_path_factory) -> SignalContext:
 @pytest.fixture(scope="module")
 def train(ctx) -> tuple[pd.DataFrame, pd.DataFrame]:
     queries = training_queries(ctx)
-    return queries, training_grades(ctx, queries)
+    return queries, training_judgments(ctx, queries)
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +120,15 @@ def test_some_clicks_land_on_irrelevant_popular_items(train, production):
 
 
 def test_gate_removes_clicks_on_items_humans_judged_irrelevant(table, train):
-    """Gate with a stand-in teacher that agrees with the humans: expected grade = 1.5 (human - 1)."""
+    """Gate with a stand-in teacher that agrees with the humans: P(relevant) = 1 where human >= 2."""
     _, grades = train
     human = grades.groupby(["query_id", "item_id"])["relevance"].mean().rename("human")
     rows = table.join(human, on=["query_id", "item_id"])
-    rows["expected_grade"] = (rows["human"] - 1.0) * 1.5
+    rows["grade_p2"] = np.where(rows["human"].isna(), np.nan, (rows["human"] >= 2).astype(float))
+    rows["grade_p3"] = 0.0
     gated = gated_engagement(rows)
     irrelevant = (rows["human"] < 2).to_numpy()
-    relevant = (rows["expected_grade"] >= RELEVANT_GRADE).to_numpy()
+    relevant = (rows["grade_p2"] + rows["grade_p3"] >= RELEVANT_PROBABILITY).to_numpy()
     assert rows.loc[irrelevant, "clicks_30d"].sum() > 0  # there is something to remove
     assert (gated.loc[irrelevant, "gated_clicks_30d"] == 0).all()
     assert (gated.loc[irrelevant, "gated_ctr_30d"] == 0).all()

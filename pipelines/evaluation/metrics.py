@@ -75,8 +75,8 @@ def evaluate(run: dict[str, dict[str, float]], judgments: pd.DataFrame) -> dict:
                    for qid, items in judged.items()})
     # scores that restate our tie-broken order, so ranx cannot order ties differently
     ranx_run = Run({qid: {item: float(DEPTH - i) for i, item in enumerate(top)}
-                    for qid, top in lists.items()})
-    if judged:
+                    for qid, top in lists.items()}) if any(lists.values()) else None  # ranx rejects all-empty
+    if ranx_run is not None:
         ranx_evaluate(qrels, ranx_run, list(RANX.values()), return_mean=False, threads=1)
     per_query: dict[str, dict[str, float]] = {}
     for qid, items in judged.items():
@@ -86,7 +86,8 @@ def evaluate(run: dict[str, dict[str, float]], judgments: pd.DataFrame) -> dict:
         row = {}
         for name, ranx_name in RANX.items():
             defined = has_relevant if name.startswith("recall") else has_gain
-            row[name] = float(ranx_run.scores[ranx_name][qid]) if defined else float("nan")
+            score = float(ranx_run.scores[ranx_name][qid]) if ranx_run is not None else 0.0
+            row[name] = score if defined else float("nan")
         row["irrelevant@10"] = irrelevant_at(top, items)
         row["mean_relevance@10"] = mean_relevance_at(top, items)
         row["coverage@10"] = coverage_at(top, items)

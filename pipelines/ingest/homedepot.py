@@ -24,6 +24,7 @@ from pipelines.lake import RELEVANCE_MAX, RELEVANCE_MIN, Lake
 from pipelines.text import normalize_query, query_id, query_split
 
 JUDGMENT_COLUMNS = ("id", "product_uid", "product_title", "search_term", "relevance")
+SCORED_COLUMNS = ("search_term", "product_uid", "relevance")  # all evaluation needs; id and title optional
 PRODUCT_COLUMNS = ("product_uid", "product_title")
 
 # One complete, well-formed multi-byte UTF-8 sequence (no overlongs, no surrogates).
@@ -95,10 +96,10 @@ def ingest_homedepot(
     catalog: dict[str, str] = {}
     products_report = None
     if products is not None:
-        src = _read_source(Path(products), PRODUCT_COLUMNS, encoding, lake)
+        src = _read_source(Path(products), PRODUCT_COLUMNS, encoding, lake.rejects_dir)
         catalog = _products(src)
         products_report = src.report(len(catalog))
-    src = _read_source(Path(judgments), JUDGMENT_COLUMNS, encoding, lake)
+    src = _read_source(Path(judgments), JUDGMENT_COLUMNS, encoding, lake.rejects_dir)
     rows = _judgments(src)
     judgments_report = src.report(len(rows))
     if not rows:
@@ -120,6 +121,24 @@ def ingest_homedepot(
     lake.write("judgments", pd.DataFrame(rows, columns=columns).assign(event_timestamp=as_of))
     return IngestReport(judgments_report, products_report, len(items), len(items) - len(catalog),
                         len(queries))
+
+
+def read_judgments(path: Path, rejects_dir: Path, encoding: str = "auto") -> tuple[pd.DataFrame, FileReport]:
+    """Valid rows of any file in the Home Depot judgments layout, validated exactly as ingest does.
+
+    For scoring a retriever against judgments that never enter the lake (`unisup eval --judgments`):
+    only search_term, product_uid and relevance are required; a missing id becomes the line number and
+    a missing product_title stays empty. Bad rows go to rejects_dir/<stem>.rejects.csv, counted in the
+    report; a file with no valid row raises IngestError. Columns: judgment_id, query_id, item_id,
+    relevance, query_text, title."""
+    src = _read_source(Path(path), SCORED_COLUMNS, encoding, Path(rejects_dir))
+    rows = _judgments(src)
+    report = src.report(len(rows))
+    if not rows:
+        raise IngestError(src.path, f"no valid judgments: all {src.rows_read} rows rejected, "
+                                    f"see {src.rejects_path}")
+    columns = ["judgment_id", "query_id", "item_id", "relevance", "query_text", "title"]
+    return pd.DataFrame(rows, columns=columns), report
 
 
 def _products(src: _Source) -> dict[str, str]:
@@ -145,16 +164,17 @@ def _products(src: _Source) -> dict[str, str]:
 def _judgments(src: _Source) -> list[tuple[str, str, str, float, str, str]]:
     """Valid rows as (judgment_id, query_id, item_id, relevance, raw query, title). Duplicates are
     resolved in file order among valid rows: the first judgment of an id, or of a (query_id, item_id)
-    pair, is kept; later ones are rejected with a pointer to the kept line."""
-    col = {name: src.header.index(name) for name in JUDGMENT_COLUMNS}
+    pair, is kept; later ones are rejected with a pointer to the kept line. Without an id column the
+    line number is the id; without product_title the title is empty."""
+    col = {name: src.header.index(name) for name in JUDGMENT_COLUMNS if name in src.header}
     id_lines: dict[str, int] = {}
     pair_seen: dict[tuple[str, str], tuple[str, int]] = {}
     rows = []
     for line, fields in src.records:
         try:
-            jid = _text(fields[col["id"]], "id")
+            jid = _text(fields[col["id"]], "id") if "id" in col else str(line)
             item = _integer(fields[col["product_uid"]], "product_uid")
-            title = _text(fields[col["product_title"]], "product_title")
+            title = _text(fields[col["product_title"]], "product_title") if "product_title" in col else ""
             raw_query = fields[col["search_term"]]
             norm = _text(normalize_query(raw_query), "search_term")
             relevance = _relevance(fields[col["relevance"]])
@@ -197,7 +217,7 @@ def _relevance(value: str) -> float:
     return float(value)
 
 
-def _read_source(path: Path, required: tuple[str, ...], encoding: str, lake: Lake) -> _Source:
+def _read_source(path: Path, required: tuple[str, ...], encoding: str, rejects_dir: Path) -> _Source:
     """Split a file into records with exact line numbers; structurally broken records are rejected.
 
     The csv module (strict) is fed one line at a time so each record's lines are known even when a
@@ -221,7 +241,7 @@ def _read_source(path: Path, required: tuple[str, ...], encoding: str, lake: Lak
     if missing:
         raise IngestError(path, f"required column is missing (expected {', '.join(required)}; "
                                 f"header has {', '.join(header)})", row=header_line, field=missing[0])
-    src = _Source(path, used, header, [], Rejects(header), lake.rejects_dir / f"{path.stem}.rejects.csv", 0)
+    src = _Source(path, used, header, [], Rejects(header), rejects_dir / f"{path.stem}.rejects.csv", 0)
     while True:
         consumed.clear()
         try:

@@ -65,10 +65,12 @@ def channel_report(lake: Lake, work_dir: Path | None = None, split: str = "dev")
     }
 
 
-def _clean(value):
-    """NaN to None, so the JSON file is standard JSON."""
+def json_safe(value):
+    """NaN to None, in nested dicts and lists, so the JSON file is standard JSON."""
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     report = channel_report(Lake(args.lake), args.work_dir, args.split)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(_clean(report), indent=2) + "\n")
+    args.out.write_text(json.dumps(json_safe(report), indent=2) + "\n")
     print_report(report)
     return report
 

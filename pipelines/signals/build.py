@@ -7,7 +7,10 @@ not later inside Feast.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +20,7 @@ from feast import FeatureView
 from feast.types import Bool, Float32, Float64, Int32, Int64, String
 
 from pipelines.lake import to_arrow
-from pipelines.signals.spec import Signal, SignalContext
+from pipelines.signals.spec import Producer, Signal, SignalContext
 from pipelines.workspace import Workspace
 
 _ARROW = {Float32: pa.float32(), Float64: pa.float64(), Int64: pa.int64(), Int32: pa.int32(),
@@ -65,10 +68,11 @@ def conform(view: FeatureView, df: pd.DataFrame, join_keys: list[str] | None = N
         raise SignalTableError(f"signal {view.name!r}: {exc}") from exc
 
 
-def write_signal(ws: Workspace, signal: Signal, ctx: SignalContext,
-                 join_keys: list[str]) -> tuple[Path, int]:
-    """Produce one signal's table and write it (sorted by key then time, for stable files)."""
-    df = signal.produce(ctx)
+def write_signal(ws: Workspace, signal: Signal, ctx: SignalContext, join_keys: list[str],
+                 producer: Producer | str | None = None) -> tuple[Path, int]:
+    """Produce one signal's table (with its own producer unless one is given) and write it,
+    sorted by key then time, for stable files."""
+    df = replace(signal, producer=producer).produce(ctx) if producer else signal.produce(ctx)
     table = conform(signal.view, df, join_keys)
     table = table.sort_by([(k, "ascending") for k in join_keys]
                           + [("event_timestamp", "ascending")])
@@ -79,16 +83,28 @@ def write_signal(ws: Workspace, signal: Signal, ctx: SignalContext,
 
 
 def build_signals(ws: Workspace, ctx: SignalContext, only: list[str] | None = None,
-                  on_done: Callable[[str, Path, int], None] | None = None) -> dict[str, int]:
-    """Produce every registered signal (or `only` those) into the workspace; rows per signal."""
+                  on_done: Callable[[str, Path, int, float], None] | None = None,
+                  producers: dict[str, Producer | str] | None = None) -> dict[str, dict]:
+    """Produce every registered signal (or `only` those) into the workspace.
+
+    `producers` swaps a signal's producer for another with the same table contract (tests of the
+    feature-store plumbing use the synthetic teacher instead of fitting one). Returns rows and
+    wall seconds per signal, and writes them to work_dir/signals_build.json when there is one."""
     from pipelines.features.repo import load_repo
 
     contents = load_repo(ws.repo_dir)
     chosen = [contents.signal(name) for name in only] if only else contents.signals
-    rows = {}
+    producers = producers or {}
+    report = {}
     for signal in chosen:
-        path, n = write_signal(ws, signal, ctx, contents.join_keys(signal.view))
-        rows[signal.name] = n
+        clock = time.perf_counter()
+        path, n = write_signal(ws, signal, ctx, contents.join_keys(signal.view), producers.get(signal.name))
+        seconds = time.perf_counter() - clock
+        report[signal.name] = {"rows": n, "seconds": round(seconds, 1), "path": str(path)}
         if on_done:
-            on_done(signal.name, path, n)
-    return rows
+            on_done(signal.name, path, n, seconds)
+    if ctx.work_dir is not None:
+        Path(ctx.work_dir).mkdir(parents=True, exist_ok=True)
+        summary = {"as_of": str(ctx.as_of), "quick": ctx.quick, "seed": ctx.seed, "signals": report}
+        (Path(ctx.work_dir) / "signals_build.json").write_text(json.dumps(summary, indent=2))
+    return report

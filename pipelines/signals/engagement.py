@@ -27,32 +27,16 @@ import numpy as np
 import pandas as pd
 
 from pipelines.signals.spec import SignalContext
+from pipelines.signals.training import training_judgments, training_queries
 from pipelines.simulation import BM25Ranker, ClickConfig, simulate
 
 SNAPSHOTS = 14  # daily snapshots written, ending at as_of
 SHORT, LONG = 7, 30  # window lengths in days
 PRIOR_ALPHA, PRIOR_BETA = 0.7, 9.3  # Beta prior on CTR: mean 7% (simulated top-10 slot CTR), 10 views
 MAX_IPW = 10.0  # cap on inverse-propensity weights (propensity floor 0.1)
-QUICK_QUERIES, QUICK_SNAPSHOTS = 300, 7  # quick mode: a sample of training queries, fewer days
+QUICK_SNAPSHOTS = 7  # quick mode (pipelines.signals.training samples the queries): fewer days
 COLUMNS = ["query_id", "item_id", "event_timestamp", "created_timestamp", "impressions_7d", "clicks_7d",
            "impressions_30d", "clicks_30d", "carts_30d", "orders_30d", "ctr_smoothed_30d", "ctr_debiased_30d"]
-
-
-def training_queries(ctx: SignalContext) -> pd.DataFrame:
-    """The training split's queries, sorted by id (a seeded sample of QUICK_QUERIES in quick mode,
-    drawn the way the retrieval prior draws its own, so quick tables cover the same queries)."""
-    queries = ctx.lake.read("queries")
-    train = queries[queries["split"] == "train"].sort_values("query_id").reset_index(drop=True)
-    if ctx.quick and len(train) > QUICK_QUERIES:
-        train = train.sample(n=QUICK_QUERIES, random_state=ctx.seed).sort_values("query_id")
-    return train.reset_index(drop=True)
-
-
-def training_grades(ctx: SignalContext, queries: pd.DataFrame) -> pd.DataFrame:
-    """Human grades of the given training queries only: dev judgments never leave this function."""
-    judgments = ctx.lake.read("judgments")
-    train_ids = queries.loc[queries["split"] == "train", "query_id"]
-    return judgments.loc[judgments["query_id"].isin(train_ids), ["query_id", "item_id", "relevance"]]
 
 
 def click_config(ctx: SignalContext) -> ClickConfig:
@@ -66,7 +50,7 @@ def engagement_stats(ctx: SignalContext) -> pd.DataFrame:
     cache = ctx.work_dir / "simulation" if ctx.work_dir is not None else None
     ranker = BM25Ranker.for_catalog(ctx.lake.read("items"), cache_dir=cache)
     config = click_config(ctx)
-    log = simulate(queries, ranker, training_grades(ctx, queries), config, seed=ctx.seed)
+    log = simulate(queries, ranker, training_judgments(ctx, queries), config, seed=ctx.seed)
     snapshots = QUICK_SNAPSHOTS if ctx.quick else SNAPSHOTS
     if cache is not None:  # the resolved settings next to the cached ranking they produced
         (cache / "engagement_config.json").write_text(json.dumps({

@@ -9,27 +9,41 @@ number of channels that hold it. No judgments are read.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from pipelines.retrieval import build_channels, search_all
+from pipelines.retrieval import build_channels, catalog_hash, search_all
 from pipelines.retrieval.fusion import prior_table
 from pipelines.signals.spec import SignalContext
+from pipelines.signals.training import training_queries
 
 DEPTH = 100  # per channel and query
-QUICK_QUERIES = 300  # training queries sampled in quick mode; the catalog is never sampled
 COLUMNS = ["query_id", "item_id", "event_timestamp", "created_timestamp",
            "rank_bm25", "rank_dense", "rank_char", "fusion_score", "agreement"]
 
 
-def training_queries(ctx: SignalContext) -> pd.DataFrame:
-    """The training split's queries (a seeded sample of QUICK_QUERIES of them in quick mode)."""
-    queries = ctx.lake.read("queries")
-    train = queries[queries["split"] == "train"].sort_values("query_id").reset_index(drop=True)
-    if ctx.quick and len(train) > QUICK_QUERIES:
-        train = train.sample(n=QUICK_QUERIES, random_state=ctx.seed).sort_values("query_id")
-    return train.reset_index(drop=True)
+def candidate_table(ctx: SignalContext, channels: dict, queries: pd.DataFrame, items: pd.DataFrame,
+                    console: Console | None = None) -> pd.DataFrame:
+    """Every channel's top DEPTH for the queries, fused (prior_table), cached in ctx.work_dir.
+
+    The prior and the teacher both need this table; the cache key (catalog, queries, depth) lets
+    one `signals build` search once, and a re-run not at all."""
+    key = hashlib.sha256((catalog_hash(items) + "|" + ",".join(queries["query_id"]) + f"|{DEPTH}").encode())
+    path = Path(ctx.work_dir) / "retrieval" / f"prior-{key.hexdigest()[:16]}.parquet" if ctx.work_dir else None
+    if path is not None and path.exists():
+        return pd.read_parquet(path)
+    hits, seconds = search_all(channels, queries["query_norm"].tolist(), k=DEPTH)
+    if console is not None:
+        console.print("  search seconds: " + ", ".join(f"{n} {s:.1f}" for n, s in seconds.items()))
+    table = prior_table(hits, queries["query_id"].tolist())
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(path)
+    return table
 
 
 def retrieval_prior(ctx: SignalContext) -> pd.DataFrame:
@@ -40,9 +54,7 @@ def retrieval_prior(ctx: SignalContext) -> pd.DataFrame:
     cache = ctx.work_dir / "retrieval" if ctx.work_dir is not None else None
     console.print(f"retrieval prior: {len(queries):,} training queries x {len(items):,} items")
     channels = build_channels(items, cache_dir=cache)
-    hits, seconds = search_all(channels, queries["query_norm"].tolist(), k=DEPTH)
-    console.print("  search seconds: " + ", ".join(f"{n} {s:.1f}" for n, s in seconds.items()))
-    table = prior_table(hits, queries["query_id"].tolist())
+    table = candidate_table(ctx, channels, queries, items, console)
     as_of = pd.Timestamp(ctx.as_of)
     as_of = (as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")).as_unit("us")
     table["event_timestamp"] = as_of

@@ -88,12 +88,15 @@ class ClickLog:
     events: query_id, item_id (categorical), position (1-based, int8), day (int16), impressions,
     clicks, carts, orders (int32); one row per shown (query, item, position, day) with searches.
     slots: what was shown and why: query_id, item_id, position, grade (true relevance used),
-    judged (a human grade existed), popularity, attractiveness."""
+    judged (a human grade existed), popularity, attractiveness.
+    searches: query_id, searches over all days, for every query simulated, including those the
+    ranker showed nothing for (events has no row for them, yet their searches count as traffic)."""
 
     events: pd.DataFrame
     slots: pd.DataFrame
     config: ClickConfig
     seed: int
+    searches: pd.DataFrame | None = None
 
 
 def unit_hash(keys: Sequence[str], salt: str) -> np.ndarray:
@@ -199,4 +202,6 @@ def simulate(queries: pd.DataFrame, ranker: Ranker, relevance_lookup: pd.DataFra
         "carts": carts[row, day].astype(np.int32),
         "orders": orders[row, day].astype(np.int32),
     })
-    return ClickLog(events=events, slots=slots.drop(columns="q"), config=config, seed=seed)
+    totals = pd.DataFrame({"query_id": queries["query_id"].astype(str).to_numpy(),
+                           "searches": searches.sum(axis=1).astype(np.int64)})
+    return ClickLog(events=events, slots=slots.drop(columns="q"), config=config, seed=seed, searches=totals)

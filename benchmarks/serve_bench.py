@@ -1,0 +1,319 @@
+"""/retrieve under loopback load: p50 / p99 / req/s at concurrency 1, 8 and 32, where the time goes,
+and the same feature lookup through the plain Feast SDK.
+
+Builds a throwaway workspace: a synthetic lake (--items catalog, Home Depot's 54k by default), the
+feature repo applied, a flat index of the catalog (embeddings cached across runs under
+$TMPDIR/unisup-bench-cache, keyed by model and catalog), feature tables for every (query, top-100
+item) pair of the lake's queries plus item and query profiles (random values, 5% null),
+materialized into a private redis-server, and the blend fitted. `unisup serve` then runs in a
+subprocess, and this process (asyncio + aiohttp) keeps c requests in flight for --duration seconds
+per level after --warmup seconds: k=100, with_features=true, the lake's queries in seeded order.
+
+Per level: latency percentiles, req/s, errors; mean stage times from the Server-Timing header
+(encode includes waiting for its batch; features is the one Redis round trip and decode) and the
+rest (HTTP, validation, JSON); the mean encode batch (BentoML's adaptive_batch_size histogram); the
+server processes' CPU; the load average. The client shares the 2 cores, so its CPU is reported too.
+
+Then, with the server idle, one query's 100 returned pairs looked up in this process through
+OnlineFeatures (the service's path) and Feast's get_online_features(...).to_df().
+
+--soak-minutes N: N more minutes at concurrency 8; passes with zero errors and < 10% growth of
+the server processes' RSS over the soak (first sample after one minute).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/serve_bench.py [--duration 30] [--items 54000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import PrivateRedis, free_port, latency_summary, machine, print_table, write_json
+from benchmarks.bench_materialize import feature_columns
+from serving.process import ServiceProcess
+
+warnings.filterwarnings("ignore")  # Feast's experimental-ODFV and ibis deprecation notices
+LEVELS = (1, 8, 32)
+K = 100
+STAGES = ("encode", "search", "features", "blend")
+CACHE = Path(tempfile.gettempdir()) / "unisup-bench-cache"
+TARGETS = {"p50_ms_c1": 15.0, "p99_ms_c1": 40.0, "rps_c8": 100.0}
+
+
+def build(root: Path, online: str, items: int, queries: int, kind: str, seed: int):
+    """Workspace with lake, index, feature tables for every query's top-100, Redis and the blend."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.features.redis_fast import materialize_redis
+    from pipelines.features.repo import apply, feature_store
+    from pipelines.index.build import IndexConfig, build_index
+    from pipelines.index.fit_blend import fit_blend
+    from pipelines.index.store import load_encoder, load_index
+    from pipelines.ingest.synthetic import generate_synthetic
+    from pipelines.signals.build import table_path, view_schema
+    from pipelines.workspace import Workspace
+
+    ws = Workspace(root=root, online=online)
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    generate_synthetic(ws.lake, n_items=items, n_queries=queries, seed=seed, as_of=now - pd.Timedelta(hours=1))
+    apply(ws)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    ws.cache_dir.symlink_to(CACHE, target_is_directory=True)
+    manifest = build_index(ws, IndexConfig(kind=kind))
+    loaded = load_index(ws.indexes_dir / manifest.index_version)
+    lake_queries = ws.lake.read("queries")
+    vectors = load_encoder(manifest, ws.models_dir).encode(lake_queries["query_norm"].tolist())
+    _, rows = loaded.index.search(vectors, K)
+    keys = {("query_id", "item_id"): pd.DataFrame({"query_id": np.repeat(lake_queries["query_id"].to_numpy(), K),
+                                                   "item_id": loaded.item_ids[rows.ravel()]}),
+            ("item_id",): pd.DataFrame({"item_id": loaded.item_ids}),
+            ("query_id",): lake_queries[["query_id"]]}
+    rng = np.random.default_rng(seed)
+    for view in feature_store(ws).list_feature_views():
+        frame = keys[tuple(view.join_keys)]
+        stamp = now - pd.Timedelta(hours=2) - pd.to_timedelta(rng.integers(0, 86400, len(frame)), unit="s")
+        table = pa.table({**{k: pa.array(frame[k].astype(str)) for k in view.join_keys},
+                          "event_timestamp": pa.array(stamp), "created_timestamp": pa.array(stamp),
+                          **feature_columns(view, len(frame), rng)})
+        schema = view_schema(view)
+        pq.write_table(table.select(schema.names).cast(schema), table_path(ws, view))
+    materialize_redis(ws, end=now.to_pydatetime(), incremental=False, dedup=False)
+    fit_blend(ws, loaded.path)
+    pairs = {q: list(g) for q, g in keys[("query_id", "item_id")].groupby("query_id", sort=False)["item_id"]}
+    return ws, manifest, lake_queries["query_text"].tolist(), pairs
+
+
+class ServerProcess(ServiceProcess):
+    """The service under load, plus what the benchmark reads from it."""
+
+    def usage(self) -> tuple[float, float]:
+        """(CPU seconds, RSS MiB) of the server: BentoML's arbiter and every worker it started."""
+        import psutil
+
+        cpu = rss = 0.0
+        root = psutil.Process(self.proc.pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                cpu, rss = cpu + times.user + times.system, rss + proc.memory_info().rss / 2**20
+            except psutil.NoSuchProcess:
+                continue
+        return cpu, rss
+
+    def batch_counters(self) -> tuple[float, float]:
+        """(sum, count) of BentoML's adaptive batch size histogram for the encode API, all workers."""
+        import httpx
+
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        found = {}
+        for part in ("sum", "count"):
+            pattern = rf'^bentoml_service_adaptive_batch_size_{part}\{{[^}}]*method_name="encode"[^}}]*\}} (\S+)'
+            found[part] = sum(float(v) for v in re.findall(pattern, text, re.M))
+        return found["sum"], found["count"]
+
+
+async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, warmup: float) -> list[tuple]:
+    """Keep `concurrency` requests in flight for warmup + seconds; (latency s, status, Server-Timing)
+    of each request sent after the warm-up."""
+    import aiohttp
+
+    records: list[tuple] = []
+    start = time.perf_counter() + warmup
+    end = start + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers={"content-type": "application/json"}) as session:
+        async def worker(w: int) -> None:
+            i = w
+            while time.perf_counter() < end:
+                body, i = bodies[i % len(bodies)], i + concurrency
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(f"{url}/retrieve", data=body) as resp:
+                        await resp.read()
+                        status, timing = resp.status, resp.headers.get("Server-Timing", "")
+                except aiohttp.ClientError as exc:
+                    status, timing = f"{type(exc).__name__}", ""
+                if t0 >= start:
+                    records.append((time.perf_counter() - t0, status, timing))
+
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return records
+
+
+def stage_ms(timings: list[str]) -> dict[str, float]:
+    """Mean milliseconds per stage over Server-Timing headers like 'encode;dur=3.10, search;dur=0.42'."""
+    sums: dict[str, float] = {}
+    for header in timings:
+        for part in header.split(","):
+            if ";dur=" in part:
+                name, dur = part.strip().split(";dur=")
+                sums[name] = sums.get(name, 0.0) + float(dur)
+    return {name: total / max(len(timings), 1) for name, total in sums.items()}
+
+
+def run_level(server: ServerProcess, bodies: list[bytes], concurrency: int, seconds: float, warmup: float) -> dict:
+    batch0, (cpu0, _), client0, load0 = server.batch_counters(), server.usage(), _cpu(), os.getloadavg()[0]
+    records = asyncio.run(load(server.url, bodies, concurrency, seconds, warmup))
+    batch1, (cpu1, _), client1 = server.batch_counters(), server.usage(), _cpu()
+    ok = [r for r in records if r[1] == 200]
+    stages = stage_ms([r[2] for r in ok])
+    lat = latency_summary([r[0] for r in ok]) if ok else {}
+    other = lat.get("mean_ms", 0.0) - sum(stages.get(s, 0.0) for s in STAGES)
+    batches = batch1[1] - batch0[1]
+    return {"concurrency": concurrency, **lat, "requests": len(records), "errors": len(records) - len(ok),
+            "error_kinds": sorted({str(r[1]) for r in records if r[1] != 200}),
+            "req_per_s": round(len(ok) / seconds, 1),
+            "stages_ms": {s: round(stages.get(s, 0.0), 3) for s in STAGES} | {"other": round(other, 3)},
+            "mean_encode_batch": round((batch1[0] - batch0[0]) / batches, 2) if batches else None,
+            "server_cpu_percent": round(100 * (cpu1 - cpu0) / (seconds + warmup), 1),
+            "client_cpu_percent": round(100 * (client1 - client0) / (seconds + warmup), 1),
+            "load_avg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def lookup_paths(ws, pairs: dict[str, list[str]], iterations: int) -> list[dict]:
+    """One query's 100 pairs per call: the service's OnlineFeatures path vs plain Feast."""
+    from pipelines.features.online import OnlineFeatures
+
+    ours = OnlineFeatures(ws)
+    service = ours.store.get_feature_service("retriever_online")
+    batches = [[(q, i) for i in items] for q, items in pairs.items()]
+    paths = {
+        "OnlineFeatures.get_online_columns (served)": ours.get_online_columns,
+        "OnlineFeatures.get_online_features -> DataFrame": ours.get_online_features,
+        "Feast get_online_features(...).to_df()": lambda p: ours.store.get_online_features(
+            features=service, entity_rows=[{"query_id": a, "item_id": b} for a, b in p]).to_df(),
+    }
+    out = []
+    for label, call in paths.items():
+        for batch in batches[:30]:
+            call(batch)
+        times = []
+        for n in range(iterations):
+            t0 = time.perf_counter()
+            call(batches[n % len(batches)])
+            times.append(time.perf_counter() - t0)
+        out.append({"path": label, **latency_summary(times)})
+    return out
+
+
+def soak(server: ServerProcess, bodies: list[bytes], minutes: float) -> dict:
+    """`minutes` at concurrency 8 in one-minute rounds, the server's RSS sampled after each."""
+    rss, errors, requests = [], 0, 0
+    for _ in range(max(1, round(minutes))):
+        records = asyncio.run(load(server.url, bodies, 8, 60 * minutes / max(1, round(minutes)), 0))
+        requests += len(records)
+        errors += sum(r[1] != 200 for r in records)
+        rss.append(round(server.usage()[1], 1))
+    growth = (rss[-1] - rss[0]) / rss[0] * 100 if len(rss) > 1 else 0.0
+    return {"minutes": minutes, "requests": requests, "errors": errors, "rss_mb": rss,
+            "rss_growth_percent": round(growth, 2), "pass": errors == 0 and growth < 10}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=30, help="measured seconds per concurrency level")
+    ap.add_argument("--warmup", type=float, default=3, help="seconds per level before measuring")
+    ap.add_argument("--items", type=int, default=54_000, help="catalog size (Home Depot: ~54k)")
+    ap.add_argument("--queries", type=int, default=1000, help="lake queries; requests cycle through them")
+    ap.add_argument("--index-kind", default="flat", help="flat (exact, default) | hnsw (recall@100 reported)")
+    ap.add_argument("--torch-threads", type=int, default=1, help="encoder threads in the server")
+    ap.add_argument("--lookups", type=int, default=500, help="timed calls per lookup path")
+    ap.add_argument("--soak-minutes", type=float, default=0, help="opt-in soak at concurrency 8 (e.g. 10)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="5 s levels, 5k items, 200 lookups")
+    ap.add_argument("--out", default="serve")
+    a = ap.parse_args()
+    if a.quick:
+        a.duration, a.items, a.lookups = min(a.duration, 5), min(a.items, 5000), min(a.lookups, 200)
+    tmp = Path(tempfile.mkdtemp(prefix="serve_bench_"))
+    started = {"load_avg": [round(x, 2) for x in os.getloadavg()], "time": pd.Timestamp.now(tz="UTC").isoformat()}
+    server = None
+    try:
+        with PrivateRedis(tmp / "redis") as redis_server:
+            t0 = time.perf_counter()
+            ws, manifest, texts, pairs = build(tmp / "ws", redis_server.url(0), a.items, a.queries, a.index_kind,
+                                               a.seed)
+            print(f"built workspace, index and features for {len(pairs):,} queries in {time.perf_counter() - t0:.0f}s")
+            rng = random.Random(a.seed)
+            bodies = [json.dumps({"query": t, "k": K, "with_features": True}).encode() for t in texts]
+            rng.shuffle(bodies)
+            server = ServerProcess(ws, free_port(), tmp / "server.log",
+                                   env={"UNISUP_TORCH_THREADS": str(a.torch_threads)})
+            server.wait_ready()
+            levels = []
+            for c in LEVELS:
+                print(f"concurrency {c}: {a.warmup:.0f}s warm-up + {a.duration:.0f}s ...", flush=True)
+                levels.append(run_level(server, bodies, c, a.duration, a.warmup))
+            soaked = soak(server, bodies, a.soak_minutes) if a.soak_minutes > 0 else None
+            server.stop()
+            server = None
+            lookups = lookup_paths(ws, pairs, a.lookups)
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(a, manifest, levels, lookups, soaked, started)
+
+
+def report(a, manifest, levels: list[dict], lookups: list[dict], soaked: dict | None, started: dict) -> None:
+    by_c = {lv["concurrency"]: lv for lv in levels}
+    met = {"p50_ms_c1": by_c[1].get("p50_ms"), "p99_ms_c1": by_c[1].get("p99_ms"), "rps_c8": by_c[8]["req_per_s"]}
+    checks = {"p50_ms_c1": met["p50_ms_c1"] is not None and met["p50_ms_c1"] <= TARGETS["p50_ms_c1"],
+              "p99_ms_c1": met["p99_ms_c1"] is not None and met["p99_ms_c1"] <= TARGETS["p99_ms_c1"],
+              "rps_c8": met["rps_c8"] >= TARGETS["rps_c8"]}
+    ours, feast = lookups[0], lookups[2]
+    result = {"k": K, "items": a.items, "queries": a.queries, "duration_s": a.duration, "warmup_s": a.warmup,
+              "index": {"kind": manifest.kind, "params": manifest.params, "recall_at_100": manifest.recall_at_100},
+              "torch_threads": a.torch_threads, "levels": levels, "lookup_100_pairs": lookups,
+              "lookup_p50_speedup_vs_feast": round(feast["p50_ms"] / ours["p50_ms"], 1),
+              "soak": soaked, "targets": TARGETS, "measured": met, "met": checks,
+              "started": started, "machine": machine()}
+    path = write_json(a.out, result)
+    rows = []
+    for lv in levels:
+        st = lv["stages_ms"]
+        mean = lv.get("mean_ms") or 1.0
+        rows.append((lv["concurrency"], lv.get("p50_ms", "-"), lv.get("p99_ms", "-"), lv["req_per_s"], lv["errors"],
+                     *(f"{st[s]:.2f} ({100 * st[s] / mean:.0f}%)" for s in (*STAGES, "other")),
+                     lv["mean_encode_batch"], f"{lv['server_cpu_percent']:.0f} / {lv['client_cpu_percent']:.0f}",
+                     f"{lv['load_avg_1m'][0]:.1f} -> {lv['load_avg_1m'][1]:.1f}"))
+    print_table(f"/retrieve k={K}, features from Redis, {a.items:,} items, {manifest.kind} index (recall@100 "
+                f"{manifest.recall_at_100}), {a.duration:.0f}s per level",
+                ["concurrency", "p50 ms", "p99 ms", "req/s", "errors", "encode ms", "search ms", "features ms",
+                 "blend ms", "other ms", "encode batch", "CPU % server / client", "load 1m"], rows)
+    print_table(f"one lookup of 100 pairs x retriever_online from Redis (Feast / ours p50: "
+                f"{result['lookup_p50_speedup_vs_feast']}x)", ["path", "p50 ms", "p99 ms", "mean ms"],
+                [(r["path"], r["p50_ms"], r["p99_ms"], r["mean_ms"]) for r in lookups])
+    if soaked:
+        print(f"soak {soaked['minutes']} min at concurrency 8: {soaked['requests']:,} requests, {soaked['errors']} "
+              f"errors, server RSS {soaked['rss_mb'][0]} -> {soaked['rss_mb'][-1]} MB "
+              f"({soaked['rss_growth_percent']:+.1f}%): {'pass' if soaked['pass'] else 'FAIL'}")
+    print("targets: " + ", ".join(f"{k} {met[k]} (target {TARGETS[k]}) {'ok' if checks[k] else 'MISSED'}"
+                                  for k in TARGETS))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

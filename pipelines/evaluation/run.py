@@ -1,0 +1,108 @@
+"""Runs of named retrieval models over the whole catalog, for evaluation and for the A/B replay.
+
+A model name is one of
+- "bm25" or "char": the lexical channels of pipelines.retrieval;
+- "rrf": reciprocal-rank fusion of bm25, char and the off-the-shelf MiniLM (the retrieval prior's
+  own ranking, pipelines.retrieval.fusion);
+- any encoder version pipelines.modeling.registry resolves (BASE_VERSION or a trained model under
+  workspace/models/), searched by the dense channel. Catalog embeddings are cached by encoder
+  fingerprint + catalog hash in cache_dir, the same cache the retrieval prior fills, so a catalog is
+  encoded once per model.
+Each channel is built once and searched once per query set, however many requested models share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.evaluation.metrics import DEPTH, ranked
+from pipelines.modeling.registry import BASE_VERSION, resolve
+from pipelines.retrieval import Channel, Hits, search_all, shared_encoder
+from pipelines.retrieval.fusion import fused_run, prior_table
+from pipelines.retrieval.report import hits_run
+from pipelines.simulation import EMPTY, Ranker
+from pipelines.text import normalize_query
+
+RRF = "rrf"
+LEXICAL = ("bm25", "char")
+RRF_CHANNELS = {"bm25": "bm25", "dense": BASE_VERSION, "char": "char"}  # prior's channel -> model name
+
+Run = dict[str, dict[str, float]]  # {query_id: {item_id: score}}, what metrics.evaluate reads
+
+
+class Retriever:
+    """Channels for a set of model names over one catalog, each built on first use."""
+
+    def __init__(self, items: pd.DataFrame, models_dir: Path, cache_dir: Path | None = None):
+        self.item_ids = items["item_id"].astype(str).to_numpy()
+        self.titles = items["title"].astype(str).tolist()
+        self.models_dir = Path(models_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._channels: dict[str, Channel] = {}
+
+    def check(self, models: Sequence[str]) -> None:
+        """Fail before any work on a name that is no model (UnknownModel lists the available ones)."""
+        for name in models:
+            if name != RRF and name not in LEXICAL:
+                resolve(self.models_dir, name)
+
+    def channel(self, name: str) -> Channel:
+        """The channel behind one non-fused model name, built once per Retriever."""
+        if name not in self._channels:
+            from pipelines.retrieval.bm25 import BM25Channel
+            from pipelines.retrieval.chars import CharChannel
+            from pipelines.retrieval.dense import DenseChannel
+
+            if name == "bm25":
+                self._channels[name] = BM25Channel.build(self.item_ids, self.titles)
+            elif name == "char":
+                self._channels[name] = CharChannel.build(self.item_ids, self.titles)
+            else:
+                encoder = shared_encoder(resolve(self.models_dir, name).path)
+                self._channels[name] = DenseChannel.build(self.item_ids, self.titles, encoder, self.cache_dir)
+        return self._channels[name]
+
+    def runs(self, texts: Sequence[str], query_ids: Sequence[str], models: Sequence[str],
+             depth: int = DEPTH) -> tuple[dict[str, Run], dict[str, float]]:
+        """Top-`depth` run of every model for the queries, and search seconds per model.
+
+        rrf always fuses each channel's top DEPTH (the prior's definition), whatever `depth` is."""
+        self.check(models)
+        needed = [m for m in models if m != RRF]
+        if RRF in models:
+            needed += [m for m in RRF_CHANNELS.values() if m not in needed]
+        k = DEPTH if RRF in models else depth
+        hits, seconds = search_all({m: self.channel(m) for m in needed}, list(texts), k=k)
+        qids = list(query_ids)
+        runs = {m: hits_run(qids, *_cut(hits[m], depth)) for m in models if m != RRF}
+        if RRF in models:
+            table = prior_table({c: hits[m] for c, m in RRF_CHANNELS.items()}, qids)
+            runs[RRF] = fused_run(table, depth)
+            seconds[RRF] = sum(seconds[m] for m in RRF_CHANNELS.values())
+        return {m: runs[m] for m in models}, {m: round(seconds[m], 2) for m in models}
+
+    def ranker(self, model: str, depth: int = 10) -> Ranker:
+        """A simulator Ranker: raw query texts -> (n, depth) item ids in metrics.ranked order, EMPTY
+        where the model returns fewer. The lists `runs` scores, cut at `depth` after ranking: cutting
+        the channel's own top-k first would settle ties at the cut by the channel's order, not ours."""
+        self.check([model])
+
+        def rank(texts: Sequence[str]) -> np.ndarray:
+            keys = [str(i) for i in range(len(texts))]
+            run = self.runs([normalize_query(t) for t in texts], keys, [model], DEPTH)[0][model]
+            out = np.full((len(texts), depth), EMPTY, dtype=object)
+            for i, key in enumerate(keys):
+                top = ranked(run.get(key, {}), depth)
+                out[i, :len(top)] = top
+            return out
+
+        return rank
+
+
+def _cut(hits: Hits, depth: int) -> Hits:
+    ids, scores = hits
+    return ids[:, :depth], scores[:, :depth]

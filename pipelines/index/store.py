@@ -1,0 +1,137 @@
+"""Index directories: workspace/indexes/<model version>-<catalog hash>[-<kind>]/.
+
+Each holds index.faiss (FAISS ids are row numbers), items.parquet (row -> item_id, title, in FAISS
+id order) and manifest.json (model version and fingerprint, feature service, catalog hash, kind and
+parameters, recall against exact search). A directory is written under a temporary name and renamed
+into place, so a reader never sees half an index. blend.json (blend.py) may sit beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.modeling.encoder import Encoder
+from pipelines.modeling.registry import resolve
+
+INDEX_FILE = "index.faiss"
+ITEMS_FILE = "items.parquet"
+MANIFEST_FILE = "manifest.json"
+FEATURE_SERVICE = "retriever_online"  # what the service reads per returned pair
+
+
+class IndexNotFound(FileNotFoundError):
+    """No index directory where one was expected; the message says how to build one."""
+
+
+class IndexMismatch(ValueError):
+    """An encoder whose weights differ from the ones the index vectors were made with."""
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    """What an index was built from and how; written as manifest.json."""
+
+    index_version: str  # the directory name
+    model_version: str
+    model_fingerprint: str  # Encoder.fingerprint(): serving refuses an encoder that differs
+    feature_service: str
+    catalog_hash: str
+    items: int
+    dim: int
+    kind: str  # "flat" (exact inner product) | "hnsw"
+    params: dict = field(default_factory=dict)  # hnsw: m, ef_construction, ef_search
+    recall_at_100: float | None = None  # vs exact search over sample queries; 1.0 for flat
+    recall_queries: int = 0
+    build_seconds: float = 0.0
+    created: str = ""
+    faiss_version: str = faiss.__version__
+
+    @classmethod
+    def read(cls, directory: Path) -> IndexManifest:
+        path = Path(directory) / MANIFEST_FILE
+        if not path.exists():
+            raise IndexNotFound(f"{directory}: no {MANIFEST_FILE}; build one with `unisup index build`")
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
+class LoadedIndex:
+    """An index ready to search: FAISS row -> item id and title."""
+
+    path: Path
+    manifest: IndexManifest
+    index: faiss.Index
+    item_ids: np.ndarray  # object array, FAISS id order
+    titles: np.ndarray
+
+
+def index_name(model_version: str, catalog_hash: str, kind: str) -> str:
+    """The directory name; the default exact kind carries no suffix."""
+    return f"{model_version}-{catalog_hash}" + ("" if kind == "flat" else f"-{kind}")
+
+
+def write_index(directory: Path, index: faiss.Index, item_ids: list[str], titles: list[str],
+                manifest: IndexManifest) -> Path:
+    """Write the three files into `directory`, replacing any previous build atomically."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string()), "title": pa.array(titles, pa.string())}),
+                   tmp / ITEMS_FILE)
+    (tmp / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def load_index(directory: Path) -> LoadedIndex:
+    """Read an index directory written by write_index."""
+    directory = Path(directory)
+    manifest = IndexManifest.read(directory)
+    index = faiss.read_index(str(directory / INDEX_FILE))
+    items = pq.read_table(directory / ITEMS_FILE)
+    if index.ntotal != items.num_rows or index.ntotal != manifest.items:
+        raise ValueError(f"{directory}: index holds {index.ntotal} vectors, items.parquet "
+                         f"{items.num_rows} rows, manifest {manifest.items}")
+    return LoadedIndex(directory, manifest, index,
+                       items["item_id"].to_numpy(zero_copy_only=False).astype(object),
+                       items["title"].to_numpy(zero_copy_only=False).astype(object))
+
+
+def load_encoder(manifest: IndexManifest, models_dir: Path, model_dir: Path | None = None,
+                 threads: int | None = None) -> Encoder:
+    """The encoder an index was built with (its model version, or `model_dir`), checked by
+    fingerprint: query vectors from any other weights would not be comparable to the index's."""
+    path = Path(model_dir) if model_dir is not None else resolve(models_dir, manifest.model_version).path
+    encoder = Encoder.load(path, threads=threads)
+    if encoder.fingerprint() != manifest.model_fingerprint:
+        raise IndexMismatch(f"model at {path} (fingerprint {encoder.fingerprint()}) is not the one index "
+                            f"{manifest.index_version} was built with ({manifest.model_fingerprint})")
+    return encoder
+
+
+def find_index(indexes_dir: Path, model_version: str | None = None) -> Path:
+    """The newest index directory (optionally of one model version)."""
+    root = Path(indexes_dir)
+    found = [p.parent for p in root.glob(f"*/{MANIFEST_FILE}")
+             if not p.parent.name.endswith((".tmp", ".old"))] if root.exists() else []
+    if model_version is not None:
+        found = [p for p in found if IndexManifest.read(p).model_version == model_version]
+    if not found:
+        which = f" for model {model_version!r}" if model_version else ""
+        raise IndexNotFound(f"no index{which} under {root}; build one with `unisup index build`")
+    return max(found, key=lambda p: (p / MANIFEST_FILE).stat().st_mtime)

@@ -1,0 +1,1 @@
+"""Bi-encoder distillation from the unified target (issue 5): config, target, lists, trainer."""

@@ -1,0 +1,147 @@
+"""What /retrieve does, as plain functions on loaded state; serving/service.py only wires HTTP.
+
+A request: normalize (pipelines.text.normalize_query, the one normalization) -> encode -> FAISS
+top-k -> ONE batched online lookup of the `retriever_online` features for every returned
+(query, item) pair -> blend (pipelines.index.blend) -> items best first.
+
+If the online store fails (Redis down, a timeout, anything), the answer still comes from the index:
+features null, scores from the blend with no features (the model score's order), `degraded: true`.
+The first failure and the recovery are logged once each, not per request; the Redis client
+reconnects by itself, so the next request after Redis returns gets features again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from pipelines.features.dataset import definitions_hash
+from pipelines.features.online import OnlineFeatures
+from pipelines.index.blend import Blend
+from pipelines.index.store import load_encoder, load_index
+from pipelines.text import normalize_query, query_id
+from serving.config import ServeConfig
+from serving.schema import Hit, RetrieveResponse, Versions
+
+logger = logging.getLogger("unisup.serving")
+
+
+@dataclass
+class Timings:
+    """Milliseconds per stage of one request, sent back as a Server-Timing header."""
+
+    ms: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.ms[stage] = self.ms.get(stage, 0.0) + (now - since) * 1000
+        return now
+
+    def header(self) -> str:
+        return ", ".join(f"{stage};dur={ms:.2f}" for stage, ms in self.ms.items())
+
+
+class OnlineHealth:
+    """Whether the last online read worked; logs each change of state once."""
+
+    def __init__(self) -> None:
+        self.ok = True
+        self._lock = threading.Lock()
+
+    def record(self, ok: bool, error: BaseException | None = None) -> None:
+        with self._lock:
+            if ok == self.ok:
+                return
+            self.ok = ok
+        if ok:
+            logger.warning("online store is back: responses carry features again")
+        else:
+            logger.error("online store failed (%s: %s): answering from the index with features null, "
+                         "degraded=true", type(error).__name__, error)
+
+
+class Retriever:
+    """Encoder, index, blend and online-feature client of one deployment, loaded once."""
+
+    def __init__(self, config: ServeConfig):
+        ws = config.workspace_obj()
+        self.loaded = load_index(config.index_dir())
+        manifest = self.loaded.manifest
+        self.encoder = load_encoder(manifest, ws.models_dir, config.model_dir, threads=config.torch_threads)
+        self.blend = Blend.load(self.loaded.path)
+        self.online = OnlineFeatures(ws, service=manifest.feature_service)
+        if self.online.reader is not None:  # fail fast: no hanging on a dead socket, no retries with backoff
+            self.online.reader.client.connection_pool.connection_kwargs.update(
+                socket_timeout=config.online_timeout, socket_connect_timeout=config.online_timeout,
+                retry=Retry(NoBackoff(), 0))
+        self.health = OnlineHealth()
+        self.versions = Versions(
+            model=manifest.model_version, index=manifest.index_version, feature_service=manifest.feature_service,
+            feature_definitions=definitions_hash(self.online.store, self.online.service)[:12],
+            blend=self.blend.fitted.get("created") if self.blend else None)
+        if self.blend and self.blend.fitted.get("definitions_sha256", "")[:12] != self.versions.feature_definitions:
+            logger.warning("blend in %s was fitted on other feature definitions; refit with `unisup index blend`",
+                           self.loaded.path)
+        self.encode([normalize_query("warm up")])  # first call pays one-off allocations
+
+    def metadata(self) -> dict:
+        """GET /metadata: versions, index manifest, blend provenance and the online store's state,
+        probed now (each worker process keeps its own connection, so a remembered state could be stale)."""
+        probe = self.lookup(query_id(normalize_query("metadata probe")), self.loaded.item_ids[:1])
+        return {"versions": self.versions.model_dump(), "index": asdict(self.loaded.manifest),
+                "blend": self.blend.fitted if self.blend else None,
+                "online_store": {"url": self.online.ws.online, "ok": probe is not None},
+                "features": self.online.feature_names}
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) unit vectors of already-normalized texts."""
+        return self.encoder.encode(list(texts))
+
+    def retrieve(self, query: str, vector: np.ndarray, k: int, with_features: bool,
+                 timings: Timings) -> RetrieveResponse:
+        """Top-k for one encoded query, features looked up and blended, best first."""
+        t = time.perf_counter()
+        scores, rows = self.loaded.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
+        keep = rows[0] >= 0  # FAISS pads with -1 when k exceeds the catalog
+        rows, model_scores = rows[0][keep], scores[0][keep].astype(np.float64)
+        item_ids, titles = self.loaded.item_ids[rows], self.loaded.titles[rows]
+        t = timings.add("search", t)
+        norm = normalize_query(query)
+        qid = query_id(norm)
+        columns = self.lookup(qid, item_ids) if with_features else None
+        t = timings.add("features", t)
+        final = self.blend.scores(model_scores, columns) if self.blend else model_scores
+        order = np.argsort(-final, kind="stable")
+        items = [Hit.model_construct(item_id=item_ids[i], title=titles[i], score=float(final[i]),
+                                     model_score=float(model_scores[i]), features=_row(columns, i))
+                 for i in order]
+        timings.add("blend", t)
+        return RetrieveResponse.model_construct(
+            query=query, query_norm=norm, query_id=qid, k=k, items=items, versions=self.versions,
+            degraded=with_features and columns is None)
+
+    def lookup(self, qid: str, item_ids: Sequence[str]) -> dict[str, list] | None:
+        """One batched online read of every (query, item) pair, or None if the store failed."""
+        try:
+            columns = self.online.get_online_columns([(qid, item) for item in item_ids])
+        except Exception as exc:  # noqa: BLE001 - any store failure degrades the answer, never fails it
+            self.health.record(False, exc)
+            return None
+        self.health.record(True)
+        return columns
+
+
+def _row(columns: dict[str, list] | None, i: int) -> dict | None:
+    """Item i's features as JSON-ready values (NaN -> None), without the key columns."""
+    if columns is None:
+        return None
+    return {name: None if isinstance(v := col[i], float) and math.isnan(v) else v
+            for name, col in columns.items() if name not in ("query_id", "item_id")}

@@ -1,0 +1,72 @@
+"""The retriever as a BentoML service: `bentoml serve serving.service:Retriever` or `unisup serve`.
+
+Settings come from serving/config.py (file or UNISUP_* environment); the work is in
+serving/retriever.py. Encoding is its own batchable API, called through BentoML's in-process
+proxy, so concurrent /retrieve requests share one encoder forward pass (adaptive batching).
+Stage times go back in a Server-Timing header.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import anyio
+import bentoml
+import numpy as np
+from fastapi import FastAPI
+
+from pipelines.text import normalize_query
+from serving.config import ServeConfig
+from serving.limits import RequestLimits
+from serving.schema import DEFAULT_K, EXAMPLE_QUERY, MAX_BATCH, EncodeTexts, RetrieveRequest, RetrieveResponse
+
+with bentoml.importing():
+    from serving.retriever import Retriever as RetrieverCore
+    from serving.retriever import Timings
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")  # no usage analytics: nothing leaves loopback
+info = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # GET routes beside BentoML's POST APIs
+
+
+@bentoml.service(
+    name="unisup_retriever",
+    http={"host": "127.0.0.1", "port": 3000},
+    workers=ServeConfig.load().workers,  # processes; each loads encoder and index once, its threads share them
+    traffic={"timeout": 30, "max_concurrency": 256},
+    # BentoML 1.4 replaces its in-process client session every `max_requests` calls by closing the old one
+    # with calls still in flight (they fail: "Server disconnected"); the self-proxy never needs replacing.
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
+)
+@bentoml.asgi_app(info, path="/")
+class Retriever:
+    """POST /retrieve, GET /metadata. /healthz, /livez and /readyz come with BentoML: ready once
+    __init__ has loaded model, index and registry; a failing online store degrades answers
+    (`degraded: true`) but never makes the service unready."""
+
+    def __init__(self) -> None:
+        self.core = RetrieverCore(ServeConfig.load())
+
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=5000)
+    def encode(self, texts: EncodeTexts) -> np.ndarray:
+        """Embeddings of normalized texts, batched across concurrent callers."""
+        return self.core.encode(texts)
+
+    @bentoml.api(input_spec=RetrieveRequest, output_spec=RetrieveResponse)
+    async def retrieve(self, ctx: bentoml.Context, query: str = EXAMPLE_QUERY, k: int = DEFAULT_K,
+                       with_features: bool = True) -> RetrieveResponse:
+        """Top-k catalog items for a query, scored by the blend of model score and online features."""
+        timings, t = Timings(), time.perf_counter()
+        vector = await self.to_async.encode([normalize_query(query)])
+        timings.add("encode", t)
+        response = await anyio.to_thread.run_sync(self.core.retrieve, query, vector[0], k, with_features, timings)
+        ctx.response.headers["Server-Timing"] = timings.header()
+        return response
+
+    @info.get("/metadata")
+    def metadata(self) -> dict:
+        """Model, index and feature-service versions, blend provenance, online-store state."""
+        return self.core.metadata()
+
+
+Retriever.add_asgi_middleware(RequestLimits)

@@ -1,0 +1,288 @@
+"""The retriever service over real HTTP: a prepared synthetic workspace, features materialized
+into a private redis-server, `unisup index build` (index + blend), then `unisup serve` (which
+execs `bentoml serve serving.service:Retriever`) in a subprocess, started once for the module.
+
+Redis here is this module's own instance: the fault test stops and restarts it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.features.dataset import build_dataset
+from pipelines.features.materialize import materialize
+from pipelines.features.online import OnlineFeatures
+from pipelines.index.blend import Blend
+from pipelines.index.store import find_index, load_encoder, load_index
+from pipelines.text import normalize_query, query_id
+from pipelines.workspace import ConfigError, Workspace
+from serving.config import ServeConfig
+from serving.process import ServiceProcess
+
+from conftest import RedisServer, copy_repo, free_port, prepare
+
+
+class Server(ServiceProcess):
+    """The service under test, with a /retrieve shortcut."""
+
+    def post(self, body=None, **kwargs) -> httpx.Response:
+        return httpx.post(f"{self.url}/retrieve", json=body, timeout=60, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def redis_srv(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("serve_redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, redis_srv) -> Workspace:
+    root = tmp_path_factory.mktemp("serving")
+    ws = prepare(Workspace(root=root / "ws", online=redis_srv.url, repo_dir=copy_repo(root / "repo")))
+    materialize(ws, incremental=False)
+    result = CliRunner().invoke(app, [*cli_args(ws), "index", "build"])
+    assert result.exit_code == 0, result.output
+    assert "per-query AUC" in result.output
+    return ws
+
+
+def cli_args(ws: Workspace) -> list[str]:
+    return ["--workspace", str(ws.root), "--online", ws.online, "--repo", str(ws.repo_dir)]
+
+
+@pytest.fixture(scope="module")
+def server(ws, tmp_path_factory):
+    srv = Server(ws, free_port(), tmp_path_factory.mktemp("serve_log") / "server.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def lake_query(ws: Workspace, split: str) -> str:
+    """The raw text of the query of `split` with the most judgments (the richest pair features)."""
+    queries, judged = ws.lake.read("queries"), ws.lake.read("judgments")
+    counts = judged["query_id"].value_counts()
+    chosen = queries[queries["split"] == split].assign(n=lambda d: d["query_id"].map(counts).fillna(0))
+    return chosen.sort_values(["n", "query_id"], ascending=[False, True])["query_text"].iloc[0]
+
+
+def test_retrieve_returns_the_index_top_k_blended_with_features(ws, server):
+    query = lake_query(ws, "train")
+    response = server.post({"query": query, "k": 50})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    items = body["items"]
+    assert len(items) == 50 and body["degraded"] is False
+    assert body["query_id"] == query_id(query) and body["query_norm"] == normalize_query(query)
+    loaded = load_index(find_index(ws.indexes_dir))
+    assert body["versions"]["index"] == loaded.manifest.index_version
+    assert body["versions"]["model"] == "minilm-l6-v2" and body["versions"]["feature_service"] == "retriever_online"
+    # model scores: cosine of the normalized query and the indexed item vectors, the exact top 50
+    encoder = load_encoder(loaded.manifest, ws.models_dir)
+    cosine = loaded.index.reconstruct_n(0, loaded.index.ntotal) @ encoder.encode([normalize_query(query)])[0]
+    rows = {item: i for i, item in enumerate(loaded.item_ids)}
+    got = np.array([item["model_score"] for item in items])
+    assert np.allclose(got, cosine[[rows[item["item_id"]] for item in items]], atol=1e-5)
+    assert {item["item_id"] for item in items} == set(loaded.item_ids[np.argsort(-cosine)[:50]])
+    # the served score is the documented blend of exactly these model scores and features
+    features = {name: [item["features"][name] for item in items] for name in items[0]["features"]}
+    assert set(features) == set(OnlineFeatures(ws).feature_names)
+    expected = Blend.load(loaded.path).scores(got, features)
+    assert np.allclose([item["score"] for item in items], expected, rtol=1e-9)
+    assert [item["score"] for item in items] == sorted((item["score"] for item in items), reverse=True)
+    titles = ws.lake.read("items").set_index("item_id")["title"]
+    assert all(item["title"] == titles[item["item_id"]] for item in items)
+    assert sum(item["features"]["expected_grade"] is not None for item in items) > 0
+    timing = response.headers["server-timing"]
+    assert all(f"{stage};dur=" in timing for stage in ("encode", "search", "features", "blend"))
+
+
+def test_served_features_equal_a_point_in_time_set_at_the_same_time(ws, server, tmp_path):
+    """Online (materialized to Redis) and offline (point-in-time join) agree for every returned pair."""
+    for split in ("train", "dev"):
+        body = server.post({"query": lake_query(ws, split), "k": 100}).json()
+        now = pd.Timestamp.now(tz="UTC").floor("us")
+        rows = pd.DataFrame({"query_id": body["query_id"], "item_id": [i["item_id"] for i in body["items"]],
+                             "event_timestamp": now})
+        offline = pd.read_parquet(build_dataset(ws, rows, tmp_path / split, service="retriever_online").path)
+        compared = 0
+        for item, (_, expected) in zip(body["items"], offline.iterrows()):
+            assert item["item_id"] == expected["item_id"]
+            for name, served in item["features"].items():
+                if pd.isna(expected[name]):
+                    assert served is None, (item["item_id"], name, served)
+                else:
+                    assert served == (expected[name] if isinstance(served, str) else float(expected[name])), (
+                        item["item_id"], name, served, expected[name])
+                    compared += 1
+        assert compared > 100  # real values were compared, not only nulls
+
+
+def test_query_is_normalized_once_and_k_beyond_the_catalog_returns_it_all(ws, server):
+    a = server.post({"query": "  Vinyl   ANGLE  "}).json()
+    b = server.post({"query": "vinyl angle"}).json()
+    assert a["query_id"] == b["query_id"] and [i["item_id"] for i in a["items"]] == [i["item_id"] for i in b["items"]]
+    assert len(a["items"]) == 100  # default k
+    everything = server.post({"query": "vinyl angle", "k": 1000}).json()
+    assert len(everything["items"]) == len(ws.lake.read("items"))
+
+
+def test_without_features_the_order_is_the_model_order(server):
+    body = server.post({"query": "vinyl angle", "k": 30, "with_features": False}).json()
+    assert body["degraded"] is False and all(item["features"] is None for item in body["items"])
+    model = [item["model_score"] for item in body["items"]]
+    assert model == sorted(model, reverse=True)
+
+
+def test_concurrent_requests_each_get_their_own_answer(ws, server):
+    """Adaptive batching encodes concurrent queries together; no answer may get another's vector.
+    ~300 calls, 16 at a time, also cross BentoML's client-session refresh (every 100 calls without
+    the setting in serving/service.py) several times: without that setting some of them fail."""
+    queries = ws.lake.read("queries")["query_text"].head(24).tolist()
+    alone = {q: [i["item_id"] for i in server.post({"query": q, "k": 10}).json()["items"]] for q in queries}
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda q: server.post({"query": q, "k": 10}), queries * 12))
+    assert [r.status_code for r in together] == [200] * len(together)
+    assert [[i["item_id"] for i in r.json()["items"]] for r in together] == [alone[q] for q in queries * 12]
+
+
+def test_health_readiness_and_metadata(ws, server):
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+    meta = httpx.get(f"{server.url}/metadata").json()
+    manifest = load_index(find_index(ws.indexes_dir)).manifest
+    assert meta["versions"]["index"] == manifest.index_version
+    assert meta["index"]["catalog_hash"] == manifest.catalog_hash and meta["index"]["kind"] == "flat"
+    assert meta["blend"]["feature_service"] == "retriever_online" and meta["blend"]["train_rows"] > 0
+    assert meta["online_store"] == {"url": ws.online, "ok": True}
+
+
+LONG = "a" * 1001
+BAD = [  # (case, body bytes, content type, status, fragment of the error)
+    ("empty query", b'{"query": ""}', "application/json", 400, "at least 1 character"),
+    ("whitespace query", b'{"query": " \\t\\n "}', "application/json", 400, "only whitespace"),
+    ("query over 1000 chars", f'{{"query": "{LONG}"}}'.encode(), "application/json", 400, "at most 1000"),
+    ("k = 0", b'{"query": "drill", "k": 0}', "application/json", 400, "greater than or equal to 1"),
+    ("k negative", b'{"query": "drill", "k": -5}', "application/json", 400, "greater than or equal to 1"),
+    ("k over 1000", b'{"query": "drill", "k": 1001}', "application/json", 400, "less than or equal to 1000"),
+    ("k as string", b'{"query": "drill", "k": "5"}', "application/json", 400, "valid integer"),
+    ("k as float", b'{"query": "drill", "k": 5.5}', "application/json", 400, "valid integer"),
+    ("query as number", b'{"query": 42}', "application/json", 400, "valid string"),
+    ("with_features as string", b'{"query": "drill", "with_features": "yes"}', "application/json", 400,
+     "valid boolean"),
+    ("missing query", b'{"k": 5}', "application/json", 400, "Field required"),
+    ("unknown field", b'{"query": "drill", "top_k": 5}', "application/json", 400, "Extra inputs"),
+    ("not an object", b'["drill"]', "application/json", 400, "object"),
+    ("not JSON", b"drill", "application/json", 400, "Invalid JSON"),
+    ("empty body", b"", "application/json", 400, "Field required"),
+    ("invalid UTF-8", b'{"query": "dr\xffill"}', "application/json", 400, "not valid UTF-8"),
+    ("lone surrogate", b'{"query": "\\udc00"}', "application/json", 400, ""),
+    ("body over 1 MB", b'{"query": "drill", "pad": "' + b"x" * (1 << 20) + b'"}', "application/json", 413,
+     "limit"),
+    ("form post", b"query=drill", "application/x-www-form-urlencoded", 415, "application/json"),
+]
+
+
+@pytest.mark.parametrize("case, content, ctype, status, fragment", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_a_clear_4xx_never_a_500(server, case, content, ctype, status, fragment):
+    response = httpx.post(f"{server.url}/retrieve", content=content, headers={"content-type": ctype}, timeout=60)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert "error" in body and fragment in response.text
+
+
+def test_the_encode_api_bounds_its_input(server):
+    """/encode is the batchable API /retrieve calls; it is reachable, so it is bounded too."""
+    ok = httpx.post(f"{server.url}/encode", json={"texts": ["vinyl angle"]}, timeout=60)
+    assert ok.status_code == 200 and np.asarray(ok.json()).shape == (1, 384)
+    for texts in ([], ["x"] * 65, ["x" * 1001], [3]):
+        bad = httpx.post(f"{server.url}/encode", json={"texts": texts}, timeout=60)
+        assert bad.status_code == 400 and "error" in bad.json(), (len(texts), bad.text)
+
+
+def test_a_chunked_body_over_the_limit_is_cut_off(server):
+    def chunks():
+        yield b'{"query": "drill", "pad": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = httpx.post(f"{server.url}/retrieve", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+    assert server.post({"query": "drill"}).status_code == 200  # and the server is fine
+
+
+def test_redis_down_degrades_then_recovers(ws, server, redis_srv):
+    query = lake_query(ws, "train")
+    healthy = server.post({"query": query, "k": 40}).json()
+    assert healthy["degraded"] is False
+    redis.Redis(port=redis_srv.port).save()  # restart must come back with the materialized data
+    redis_srv.stop()
+    try:
+        down = server.post({"query": query, "k": 40})
+        assert down.status_code == 200
+        body = down.json()
+        assert body["degraded"] is True and all(item["features"] is None for item in body["items"])
+        assert {i["item_id"] for i in body["items"]} == {i["item_id"] for i in healthy["items"]}
+        model = [item["model_score"] for item in body["items"]]
+        assert model == sorted(model, reverse=True)
+        assert httpx.get(f"{server.url}/metadata").json()["online_store"]["ok"] is False
+        assert "online store failed" in server.log.read_text()
+    finally:
+        redis_srv.start()
+    for _ in range(50):  # the client reconnects on its own; the first call may still see the old socket
+        back = server.post({"query": query, "k": 40}).json()
+        if not back["degraded"]:
+            break
+        time.sleep(0.1)
+    assert back["degraded"] is False and back["items"] == healthy["items"]
+    assert "online store is back" in server.log.read_text()
+
+
+def test_serve_config_file_then_environment(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text(f"workspace: {tmp_path / 'a'}\nonline: redis://127.0.0.1:7000/1\ntorch_threads: 2\n")
+    config = ServeConfig.load({"UNISUP_SERVE_CONFIG": str(path), "UNISUP_TORCH_THREADS": "3"})
+    assert config.workspace == tmp_path / "a" and config.online == "redis://127.0.0.1:7000/1"
+    assert config.torch_threads == 3  # the environment wins over the file
+    assert ServeConfig.load({}).online == "sqlite" and ServeConfig.load({}).index is None
+    path.write_text("port: 80\n")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        ServeConfig.load({"UNISUP_SERVE_CONFIG": str(path)})
+    with pytest.raises(ConfigError, match="torch_threads"):
+        ServeConfig.load({"UNISUP_TORCH_THREADS": "many"})
+    with pytest.raises(ConfigError, match="expected 'sqlite' or"):
+        ServeConfig.load({"UNISUP_ONLINE": "memcached://x"}).workspace_obj()
+
+
+def test_unisup_serve_refuses_to_start_without_an_index(tmp_path):
+    result = CliRunner().invoke(app, ["--workspace", str(tmp_path / "empty"), "serve"])
+    assert result.exit_code == 2 and "unisup index build" in result.output
+
+
+def test_bentofile_builds_a_bento(tmp_path):
+    """serving/bentofile.yaml is valid: `bentoml build` packs the service code (offline, no lock)."""
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", "serving/bentofile.yaml", "."], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (src,) = tmp_path.glob("bentos/unisup_retriever/*/src")
+    assert (src / "serving" / "service.py").exists() and (src / "pipelines" / "index" / "blend.py").exists()

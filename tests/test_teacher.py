@@ -1,0 +1,181 @@
+"""The teacher cascade on a small synthetic lake, quick profile (one producer run shared by the tests)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.ingest.synthetic import generate_synthetic
+from pipelines.lake import Lake
+from pipelines.signals.spec import SignalContext
+from pipelines.teacher.calibrate import GradeCalibrator, ece, teacher_role
+from pipelines.teacher.cascade import capped, escalate, tau_for_share
+from pipelines.teacher.grades import (
+    confidence,
+    cumulative,
+    expected_grade,
+    from_cumulative,
+    p_relevant,
+    to_grade,
+)
+
+AS_OF = pd.Timestamp("2024-03-01", tz="UTC")
+JOIN_KEYS = ["query_id", "item_id"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One quick producer run: the lake, its context and the teacher_labels frame."""
+    import torch
+
+    from pipelines.signals.teacher import teacher_labels
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("teacher")
+    lake = Lake(root / "lake")
+    generate_synthetic(lake, n_items=300, n_queries=90, seed=3, as_of=AS_OF)
+    ctx = SignalContext(lake=lake, as_of=AS_OF, seed=0, quick=True, work_dir=root / "work")
+    return ctx, teacher_labels(ctx)
+
+
+def test_grade_mapping_covers_every_home_depot_value():
+    values = [1, 1.25, 1.33, 1.5, 1.67, 1.75, 2, 2.25, 2.33, 2.5, 2.67, 2.75, 3]
+    assert to_grade(values).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3]
+    assert ((to_grade(values) >= 2) == (np.array(values) >= 2.0)).all()  # relevant = metrics.RELEVANT
+    for bad in ([0.5], [3.5], [np.nan]):
+        with pytest.raises(ValueError):
+            to_grade(bad)
+
+
+def test_cumulative_round_trip_and_summaries():
+    probs = np.random.default_rng(0).dirichlet(np.ones(4), 50)
+    assert np.allclose(from_cumulative(cumulative(probs)), probs)
+    assert np.allclose(expected_grade(probs), probs @ np.arange(4))
+    assert np.allclose(p_relevant(probs), probs[:, 2:].sum(1))
+    fixed = from_cumulative(np.array([[0.5, 0.7, 0.1]]))  # out of order: repaired, not negative
+    assert (fixed >= 0).all() and np.isclose(fixed.sum(), 1.0)
+
+
+def _miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    grades = rng.integers(0, 4, n)
+    probs = rng.dirichlet(np.ones(4), n)
+    probs[np.arange(n), grades] += 0.6
+    probs = probs ** 3  # overconfident
+    return probs / probs.sum(1, keepdims=True), grades
+
+
+def test_calibration_is_monotone_and_improves_held_out_ece():
+    train_p, train_g = _miscalibrated(4000, 1)
+    test_p, test_g = _miscalibrated(4000, 2)
+    cal = GradeCalibrator.fit(train_p, train_g)
+    out = cal.transform(test_p)
+    assert np.allclose(out.sum(1), 1.0) and (out >= 0).all()
+    assert ece(out, test_g) < 0.5 * ece(test_p, test_g)
+    for xs, ys in cal.knots:  # each map raw P(grade >= k) -> calibrated is non-decreasing
+        assert (np.diff(xs) > 0).all() and (np.diff(ys) >= 0).all()
+    order = np.argsort(cumulative(test_p)[:, 0])
+    assert (np.diff(cumulative(out)[order, 0]) >= -1e-12).all()
+
+
+def test_escalation_rule_picks_exactly_the_uncertain_pairs():
+    conf = np.array([0.9, 0.3, 0.55, 0.8, 0.41, 0.5])
+    assert escalate(conf, 0.5).tolist() == [False, True, False, False, True, False]
+    tau = tau_for_share(conf, 0.5)
+    assert escalate(conf, tau).tolist() == [False, True, False, False, True, True]
+    assert capped(conf, 0.99, max_pairs=2).tolist() == [False, True, False, False, True, False]
+
+
+def test_roles_are_stable_and_split_training_queries():
+    texts = [f"query {i}" for i in range(2000)]
+    roles = [teacher_role(t) for t in texts]
+    assert roles == [teacher_role(t.upper() + "  ") for t in texts]  # by normalized text
+    assert 0.15 < roles.count("calib") / len(roles) < 0.25
+
+
+def test_output_fits_the_view_with_two_dated_versions(run):
+    from pipelines.features.repo import load_repo
+    from pipelines.signals.build import conform
+    from pipelines.workspace import DEFAULT_REPO
+
+    _ctx, df = run
+    view = next(v for v in load_repo(DEFAULT_REPO).views if v.name == "teacher_labels")
+    table = conform(view, df, JOIN_KEYS)
+    assert table.num_rows == len(df) > 0
+    v1, v2 = (df[df["teacher_version"] == v] for v in ("teacher-v1", "teacher-v2"))
+    assert len(v1) == len(v2) == len(df) // 2
+    assert (v1["event_timestamp"] == AS_OF - pd.Timedelta(days=14)).all()
+    assert (v2["event_timestamp"] == AS_OF - pd.Timedelta(days=1)).all()
+    assert (v1["teacher_stage"] == 1).all() and (v2["teacher_stage"] == 2).any()
+    probs = df[[f"grade_p{g}" for g in range(4)]].to_numpy(np.float64)
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert np.allclose(df["expected_grade"], expected_grade(probs), atol=1e-4)
+    assert np.allclose(df["confidence"], confidence(probs), atol=1e-5)
+
+
+def test_cascade_escalates_exactly_where_stage_one_is_unsure(run):
+    ctx, df = run
+    meta = json.loads((ctx.work_dir / "teacher" / "teacher.json").read_text())
+    v1 = df[df["teacher_version"] == "teacher-v1"].set_index(JOIN_KEYS)
+    v2 = df[df["teacher_version"] == "teacher-v2"].set_index(JOIN_KEYS).loc[v1.index]
+    conf = v1["confidence"].to_numpy(np.float64)  # stored as float32: skip pairs within rounding of tau
+    clear = np.abs(conf - meta["tau"]) > 1e-6
+    unsure = conf < meta["tau"]
+    stage2 = v2["teacher_stage"].to_numpy() == 2
+    cap = meta["config"]["cascade"]["max_pairs"]
+    assert unsure.sum() > 0 and stage2.sum() > 0
+    if unsure.sum() <= cap:
+        assert (stage2 == unsure)[clear].all()  # exactly the unsure pairs
+    else:
+        assert stage2.sum() == cap and not (stage2 & ~unsure)[clear].any()  # the least sure of them
+    assert np.allclose(v1.loc[~stage2, "expected_grade"], v2.loc[~stage2, "expected_grade"])
+
+
+def test_human_grades_are_copied_for_training_queries_only(run):
+    ctx, df = run
+    queries = ctx.lake.read("queries").set_index("query_id")
+    assert set(queries.loc[df["query_id"].unique(), "split"]) == {"train"}  # no dev query is labelled
+    judged = ctx.lake.read("judgments").set_index(JOIN_KEYS)["relevance"]
+    for _, rows in df.groupby("teacher_version"):
+        rows = rows.set_index(JOIN_KEYS)
+        has = rows["human_grade"].notna()
+        assert np.allclose(rows.loc[has, "human_grade"], judged.reindex(rows.index[has]))  # never overwritten
+        assert judged.reindex(rows.index[~has]).isna().all()
+        train_judged = judged[queries.loc[judged.index.get_level_values(0), "split"].to_numpy() == "train"]
+        assert set(train_judged.index) <= set(rows.index)  # every training judgment has its row
+
+
+def test_producer_reads_no_dev_judgments(run, tmp_path):
+    """Same work dir, dev judgments removed from the lake: the fitted teacher is reused (its
+    fingerprint covers every training row) and the labels come out identical."""
+    from pipelines.signals.teacher import teacher_labels
+
+    ctx, df = run
+    lake = Lake(tmp_path / "lake")
+    shutil.copytree(ctx.lake.root, lake.root)
+    queries = lake.read("queries")
+    judgments = lake.read("judgments")
+    dev = judgments["query_id"].isin(queries.loc[queries["split"] == "dev", "query_id"])
+    assert dev.any()
+    lake.write("judgments", judgments[~dev])
+    again = teacher_labels(SignalContext(lake=lake, as_of=ctx.as_of, seed=ctx.seed, quick=True,
+                                         work_dir=ctx.work_dir))
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True))
+
+
+def test_report_on_dev(run):
+    from pipelines.teacher.report import teacher_report
+
+    ctx, _ = run
+    report = teacher_report(ctx.lake, ctx.work_dir, quick=True)
+    methods = {m["method"]: m for m in report["methods"]}
+    assert len(methods) == 4 and report["split"] == "dev" and report["pairs"] > 0
+    cascade = methods["cascade"]
+    assert 0.0 <= cascade["escalation_share"] <= 1.0
+    for m in methods.values():
+        assert 0.0 < m["ndcg@10"] <= 1.0 and m["cpu_s_per_1k"] > 0
+        assert 0.0 <= m["ece_calibrated"] <= 1.0
