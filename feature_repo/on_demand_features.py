@@ -28,6 +28,6 @@ gated_engagement = OnDemandFeatureView(
     udf_string="from pipelines.features.gate import gated_engagement",
     description=(
         "Engagement kept only where the teacher labels the pair relevant: is_relevant (1 if"
-        " P(grade >= 2) = grade_p2 + grade_p3 >= 0.5), gated_clicks_30d, gated_orders_30d, gated_ctr_30d."
+        " P(grade >= 2) = grade_p2 + grade_p3 >= 0.7), gated_clicks_30d, gated_orders_30d, gated_ctr_30d."
     ),
 )
