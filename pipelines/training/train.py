@@ -105,7 +105,7 @@ def train(ws: Workspace, config: TrainConfig, as_of: pd.Timestamp | None = None,
                 optimizer.step()
                 schedule.step()
                 seen += b * (1 + L)
-                losses.append(float(loss))
+                losses.append(loss.detach().item())
                 if step % config.log_every == 0 or step == steps_per_epoch - 1:
                     rate = seen / max(time.perf_counter() - start, 1e-9)
                     bar.update(task, loss=float(np.mean(losses[-config.log_every:])), rate=rate)
