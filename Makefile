@@ -29,6 +29,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_materialize.py
 	$(BIN)/python benchmarks/bench_dataset.py
 	$(BIN)/python benchmarks/bench_online.py
+	$(BIN)/python benchmarks/serve_bench.py
 
 lint: setup
 	$(BIN)/ruff check pipelines serving tests benchmarks feature_repo

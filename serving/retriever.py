@@ -26,7 +26,7 @@ from redis.retry import Retry
 from pipelines.features.dataset import definitions_hash
 from pipelines.features.online import OnlineFeatures
 from pipelines.index.blend import Blend
-from pipelines.index.store import load_encoder, load_index
+from pipelines.index.store import load_encoder, load_index, search
 from pipelines.text import normalize_query, query_id
 from serving.config import ServeConfig
 from serving.schema import Hit, RetrieveResponse, Versions
@@ -109,7 +109,7 @@ class Retriever:
                  timings: Timings) -> RetrieveResponse:
         """Top-k for one encoded query, features looked up and blended, best first."""
         t = time.perf_counter()
-        scores, rows = self.loaded.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
+        scores, rows = search(self.loaded.index, np.asarray(vector).reshape(1, -1), k)
         keep = rows[0] >= 0  # FAISS pads with -1 when k exceeds the catalog
         rows, model_scores = rows[0][keep], scores[0][keep].astype(np.float64)
         item_ids, titles = self.loaded.item_ids[rows], self.loaded.titles[rows]

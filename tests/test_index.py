@@ -18,7 +18,15 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from pipelines.index.blend import Blend, fit_transform, raw_inputs
 from pipelines.index.build import IndexConfig, build_index, make_index, recall_at_k
-from pipelines.index.store import IndexManifest, IndexMismatch, IndexNotFound, find_index, load_encoder, load_index
+from pipelines.index.store import (
+    IndexManifest,
+    IndexMismatch,
+    IndexNotFound,
+    find_index,
+    load_encoder,
+    load_index,
+    search,
+)
 from pipelines.ingest.synthetic import generate_synthetic
 from pipelines.modeling.encoder import Encoder
 from pipelines.modeling.registry import UnknownModel, register
@@ -75,6 +83,17 @@ def test_hnsw_index_reports_recall_against_exact(ws, flat):
     loaded = load_index(ws.indexes_dir / hnsw.index_version)
     assert loaded.index.hnsw.efSearch == 16  # the stored beam is what serving searches with
     assert find_index(ws.indexes_dir, "minilm-l6-v2") == ws.indexes_dir / hnsw.index_version  # newest
+
+
+def test_hnsw_search_widens_its_beam_to_k():
+    """FAISS alone returns -1 slots when k > efSearch; store.search must return k real items."""
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(3000, 16)).astype(np.float32)
+    index = make_index(vectors, IndexConfig(kind="hnsw", hnsw_m=8, ef_search=8))
+    assert (index.search(vectors[:5], 300)[1] < 0).any()  # the FAISS behaviour guarded against
+    _, rows = search(index, vectors[:5], 300)
+    assert (rows >= 0).all() and all(len(set(r)) == 300 for r in rows)
+    assert recall_at_k(index, make_index(vectors, IndexConfig()), vectors[:20], k=300) > 0.9
 
 
 def test_recall_at_k_detects_a_poor_approximate_index():

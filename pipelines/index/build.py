@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
-from pipelines.index.store import FEATURE_SERVICE, IndexManifest, index_name, write_index
+from pipelines.index.store import FEATURE_SERVICE, IndexManifest, index_name, search, write_index
 from pipelines.modeling.registry import resolve
 from pipelines.retrieval import catalog_hash
 from pipelines.retrieval.dense import item_embeddings
@@ -39,7 +39,7 @@ class IndexConfig:
     kind: str = "flat"  # flat (exact) | hnsw (approximate, recall reported)
     hnsw_m: int = 32  # HNSW graph degree
     ef_construction: int = 200  # HNSW build-time beam
-    ef_search: int = 256  # HNSW query-time beam, stored with the index (FAISS widens it to k if larger)
+    ef_search: int = 256  # HNSW query-time beam, stored with the index; store.search widens it to k
     recall_queries: int = 1000  # lake queries used to measure recall@100 of an approximate kind
     seed: int = 0
 
@@ -64,8 +64,8 @@ def make_index(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
 def recall_at_k(index: faiss.Index, exact: faiss.Index, queries: np.ndarray, k: int = RECALL_K) -> float:
     """Mean share of the exact top-k that `index` also returns in its top-k."""
     k = min(k, exact.ntotal)
-    _, truth = exact.search(queries, k)
-    _, got = index.search(queries, k)
+    _, truth = search(exact, queries, k)
+    _, got = search(index, queries, k)
     return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth, got)]))
 
 

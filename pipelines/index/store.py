@@ -73,6 +73,15 @@ class LoadedIndex:
     titles: np.ndarray
 
 
+def search(index: faiss.Index, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) of the top k per query vector. An HNSW index searches with a beam of at least
+    k: FAISS does not widen efSearch to k by itself, it returns -1 slots and loses recall instead."""
+    params = None
+    if isinstance(index, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW(efSearch=max(index.hnsw.efSearch, k))
+    return index.search(np.ascontiguousarray(vectors, dtype=np.float32), k, params=params)
+
+
 def index_name(model_version: str, catalog_hash: str, kind: str) -> str:
     """The directory name; the default exact kind carries no suffix."""
     return f"{model_version}-{catalog_hash}" + ("" if kind == "flat" else f"-{kind}")
