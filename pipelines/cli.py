@@ -231,6 +231,7 @@ def train_cmd(
     name: str | None = typer.Option(None, help="Model version name (default: hash of lineage + weights)"),
     seed: int = typer.Option(0),
     as_of: str | None = typer.Option(None, help="Event time of the training set's rows (default: today)"),
+    threads: int | None = typer.Option(None, help="torch threads (default 2; 1 each lets two runs share 2 cores)"),
 ) -> None:
     """Distil the unified target (or an ablation's) into a MiniLM bi-encoder; register the version."""
     from dataclasses import replace
@@ -246,6 +247,8 @@ def train_cmd(
             config = replace(config, epochs=epochs)
         if max_queries is not None:
             config = replace(config, data=replace(config.data, max_queries=max_queries))
+        if threads is not None:
+            config = replace(config, threads=threads)
         result = train(ws, config, as_of=_as_of(as_of), name=name, console=console)
     print(json.dumps({"version": result.model.version, "path": str(result.model.path), **result.stats}))
 

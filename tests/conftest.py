@@ -5,10 +5,12 @@ Nothing here touches the machine's shared Redis on 6379 or the project's own wor
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -67,13 +69,22 @@ class RedisServer:
     def flush(self) -> None:
         redis.Redis(port=self.port).flushall()
 
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, workdir: Path) -> Iterator[RedisServer]:
+        """Started for the `with` block, stopped after it even if the block fails (fixtures use this)."""
+        server = cls(workdir)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    with RedisServer.running(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture(params=["sqlite", "redis"])

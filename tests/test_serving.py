@@ -44,10 +44,8 @@ class Server(ServiceProcess):
 
 @pytest.fixture(scope="module")
 def redis_srv(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("serve_redis"))
-    server.start()
-    yield server
-    server.stop()
+    with RedisServer.running(tmp_path_factory.mktemp("serve_redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -190,3 +190,23 @@ def test_point_in_time_join_picks_the_snapshot_of_its_day(table):
     stale = entities.assign(event_timestamp=entities["event_timestamp"] + pd.Timedelta(days=30))
     assert pd.merge_asof(stale, pair, on="event_timestamp", tolerance=pd.Timedelta(days=7))[
         "clicks_30d"].isna().all()  # past the TTL: nothing
+
+
+def test_profiles_and_eval_buckets_read_the_simulated_traffic(ctx):
+    """With no traffic in the lake, query_profile's frequency is the simulator's own draw, and eval
+    buckets every query (no 'unknown') the way the profile does."""
+    from pipelines.evaluation.judgments import query_buckets
+    from pipelines.signals.profiles import frequency_bucket, query_profile
+    from pipelines.simulation import query_frequency
+
+    queries = ctx.lake.read("queries").assign(frequency=None)
+    lake = Lake(ctx.work_dir / "no_traffic_lake")
+    for name in ("items", "judgments"):
+        lake.write(name, ctx.lake.read(name))
+    lake.write("queries", queries)
+    profile = query_profile(SignalContext(lake=lake, as_of=AS_OF, seed=0, work_dir=ctx.work_dir))
+    drawn = query_frequency(queries.assign(frequency=np.nan), ClickConfig(), seed=0)
+    assert (profile["frequency"].to_numpy(dtype=float) == np.rint(drawn)).all()
+    assert set(profile["frequency_bucket"]) == {"head", "torso", "tail"}
+    buckets = query_buckets(lake, queries["query_id"])
+    assert (buckets.to_numpy() == frequency_bucket(profile["frequency"]).to_numpy()).all()

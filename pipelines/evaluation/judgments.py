@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipelines.ingest.homedepot import FileReport, read_judgments
 from pipelines.lake import Lake
-from pipelines.signals.profiles import frequency_bucket
+from pipelines.signals.profiles import frequency_bucket, traffic_frequency
 from pipelines.text import normalize_query
 
 UNSEEN = "unseen"  # bucket of a query absent from the lake's queries table
@@ -53,12 +53,12 @@ def ordered_buckets(names) -> list[str]:
 
 
 def query_buckets(lake: Lake, query_ids: pd.Series) -> pd.Series:
-    """The query_profile bucket (head | torso | tail | unknown) of each id, UNSEEN if not in the lake.
+    """The query_profile bucket (head | torso | tail) of each id, UNSEEN if not in the lake.
 
     Buckets are computed over all lake queries, as the feature view does, so a query's bucket does
     not depend on which other queries a judgment set holds."""
     queries = lake.read("queries")
-    buckets = pd.Series(frequency_bucket(queries["frequency"]).to_numpy(), index=queries["query_id"])
+    buckets = pd.Series(frequency_bucket(traffic_frequency(queries)).to_numpy(), index=queries["query_id"])
     return query_ids.map(buckets).fillna(UNSEEN).astype(str)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.signals.spec import SignalContext
+from pipelines.simulation import ClickConfig, query_frequency
 
 
 def item_profile(ctx: SignalContext) -> pd.DataFrame:
@@ -23,9 +24,19 @@ def item_profile(ctx: SignalContext) -> pd.DataFrame:
     })
 
 
+def traffic_frequency(queries: pd.DataFrame, seed: int = 0) -> pd.Series:
+    """Searches per query: the lake's figure where it has one, else the click simulator's seeded draw.
+
+    Home Depot has no traffic, so the engagement producer simulates it (pipelines.simulation); the
+    query profile and the evaluation's frequency buckets read the same draw, so "head" means the
+    queries that carried the most simulated searches, train and dev alike."""
+    drawn = query_frequency(queries, ClickConfig(), seed)
+    return pd.Series(np.rint(drawn), index=queries.index).astype("Int64")
+
+
 def frequency_bucket(frequency: pd.Series) -> pd.Series:
     """head = queries carrying the top half of traffic, torso = the next 30%, tail = the rest;
-    'unknown' where the source has no traffic figures (Home Depot judgments)."""
+    'unknown' where a query has no frequency."""
     freq = frequency.astype("float64")
     order = freq.fillna(0).sort_values(ascending=False, kind="stable")
     before = (order.cumsum() - order) / max(order.sum(), 1.0)  # traffic share of busier queries
@@ -36,12 +47,13 @@ def frequency_bucket(frequency: pd.Series) -> pd.Series:
 
 def query_profile(ctx: SignalContext) -> pd.DataFrame:
     queries = ctx.lake.read("queries")
+    frequency = traffic_frequency(queries, ctx.seed)
     return pd.DataFrame({
         "query_id": queries["query_id"],
         "event_timestamp": queries["event_timestamp"],
         "created_timestamp": queries["event_timestamp"],
         "query_text": queries["query_text"],
         "query_tokens": queries["query_norm"].str.split().str.len().astype("int64"),
-        "frequency": queries["frequency"].astype("Int64"),
-        "frequency_bucket": frequency_bucket(queries["frequency"]),
+        "frequency": frequency,
+        "frequency_bucket": frequency_bucket(frequency),
     })

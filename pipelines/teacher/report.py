@@ -31,9 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.lake import Lake
-from pipelines.retrieval import search_all
-from pipelines.retrieval.fusion import prior_table
-from pipelines.signals.prior import DEPTH
+from pipelines.signals.prior import candidate_table
 from pipelines.signals.spec import SignalContext
 from pipelines.signals.teacher import fitted_teacher
 from pipelines.teacher.calibrate import ece, top_label_ece
@@ -41,14 +39,16 @@ from pipelines.teacher.cascade import TeacherConfig, combine, escalate, ranking_
 from pipelines.teacher.grades import confidence, expected_grade, to_grade
 
 
-def dev_pairs(lake: Lake, channels: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Dev judged pairs with the prior's columns (ranks of the dev queries' own retrieval)."""
-    queries = lake.read("queries")
+def dev_pairs(ctx: SignalContext, channels: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Dev judged pairs with the prior's columns (ranks of the dev queries' own retrieval).
+
+    The dev search goes through the same cached candidate table as the producers, so a second
+    report does not search again."""
+    queries = ctx.lake.read("queries")
     queries = queries[queries["split"] == "dev"].sort_values("query_id").reset_index(drop=True)
-    judgments = lake.read("judgments")
+    judgments = ctx.lake.read("judgments")
     judgments = judgments[judgments["query_id"].isin(queries["query_id"])]
-    hits, _ = search_all(channels, queries["query_norm"].tolist(), k=DEPTH)
-    prior = prior_table(hits, queries["query_id"].tolist())
+    prior = candidate_table(ctx, channels, queries, ctx.lake.read("items"))
     keys = ["query_id", "item_id"]
     pairs = judgments[[*keys, "relevance"]].merge(prior, on=keys, how="left")
     pairs = pairs.merge(queries[["query_id", "query_norm"]], on="query_id")
@@ -69,7 +69,7 @@ def teacher_report(lake: Lake, work_dir: Path, quick: bool = False, seed: int = 
                         work_dir=work_dir)
     config = TeacherConfig.quick(seed) if quick else TeacherConfig(seed=seed)
     teacher, _train_pairs, scorer, _ = fitted_teacher(ctx, config, console)
-    pairs, judgments = dev_pairs(lake, scorer.channels)
+    pairs, judgments = dev_pairs(ctx, scorer.channels)
     grades, n = to_grade(pairs["relevance"]), len(pairs)
     console.print(f"teacher report: {n:,} judged pairs of {pairs['query_id'].nunique():,} dev queries")
 

@@ -54,6 +54,7 @@ class TrainConfig:
     in_batch_weight: float = 0.5  # weight of the in-batch-negative contrastive term
     max_length: int = 32
     grad_clip: float = 1.0
+    freeze_embeddings: bool = True  # word embeddings fixed: half the weights, so a cheaper backward + AdamW
     threads: int = 2
     bf16: bool = field(default_factory=bf16_is_fast)  # autocast where the CPU has native bfloat16
     seed: int = 0

@@ -64,11 +64,14 @@ def train(ws: Workspace, config: TrainConfig, as_of: pd.Timestamp | None = None,
     # model and optimizer
     encoder = Encoder.load(minilm_dir(), max_length=config.max_length)
     encoder.model.train()
+    if config.freeze_embeddings:
+        encoder.model.embeddings.word_embeddings.weight.requires_grad_(False)
+    trainable = [p for p in encoder.model.parameters() if p.requires_grad]
     B, L = config.queries_per_batch, config.data.list_size
     steps_per_epoch = math.ceil(len(lists) / B)
     total = steps_per_epoch * config.epochs
     warm = max(1, int(config.warmup * total))
-    optimizer = torch.optim.AdamW(encoder.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
 
@@ -101,7 +104,7 @@ def train(ws: Workspace, config: TrainConfig, as_of: pd.Timestamp | None = None,
                 loss = kl + config.in_batch_weight * in_batch
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(encoder.model.parameters(), config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
                 optimizer.step()
                 schedule.step()
                 seen += b * (1 + L)
@@ -109,6 +112,9 @@ def train(ws: Workspace, config: TrainConfig, as_of: pd.Timestamp | None = None,
                 if step % config.log_every == 0 or step == steps_per_epoch - 1:
                     rate = seen / max(time.perf_counter() - start, 1e-9)
                     bar.update(task, loss=float(np.mean(losses[-config.log_every:])), rate=rate)
+                    if not console.is_terminal:  # a log file gets no live bar: one line per log_every steps
+                        console.print(f"epoch {epoch + 1} step {step + 1}/{steps_per_epoch} "
+                                      f"loss {np.mean(losses[-config.log_every:]):.3f} {rate:.0f} seq/s")
                 bar.advance(task)
             epoch_seconds.append(time.perf_counter() - start)
             sequences += seen
