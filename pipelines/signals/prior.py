@@ -26,6 +26,11 @@ COLUMNS = ["query_id", "item_id", "event_timestamp", "created_timestamp",
            "rank_bm25", "rank_dense", "rank_char", "fusion_score", "agreement"]
 
 
+def retrieval_cache(ctx: SignalContext) -> Path | None:
+    """Where producers cache catalog embeddings and candidate tables (None: no work_dir, no cache)."""
+    return Path(ctx.work_dir) / "retrieval" if ctx.work_dir is not None else None
+
+
 def candidate_table(ctx: SignalContext, channels: dict, queries: pd.DataFrame, items: pd.DataFrame,
                     console: Console | None = None) -> pd.DataFrame:
     """Every channel's top DEPTH for the queries, fused (prior_table), cached in ctx.work_dir.
@@ -33,7 +38,8 @@ def candidate_table(ctx: SignalContext, channels: dict, queries: pd.DataFrame, i
     The prior and the teacher both need this table; the cache key (catalog, queries, depth) lets
     one `signals build` search once, and a re-run not at all."""
     key = hashlib.sha256((catalog_hash(items) + "|" + ",".join(queries["query_id"]) + f"|{DEPTH}").encode())
-    path = Path(ctx.work_dir) / "retrieval" / f"prior-{key.hexdigest()[:16]}.parquet" if ctx.work_dir else None
+    cache = retrieval_cache(ctx)
+    path = cache / f"prior-{key.hexdigest()[:16]}.parquet" if cache is not None else None
     if path is not None and path.exists():
         return pd.read_parquet(path)
     hits, seconds = search_all(channels, queries["query_norm"].tolist(), k=DEPTH)
@@ -51,9 +57,8 @@ def retrieval_prior(ctx: SignalContext) -> pd.DataFrame:
     console = Console(stderr=True)
     queries = training_queries(ctx)
     items = ctx.lake.read("items")
-    cache = ctx.work_dir / "retrieval" if ctx.work_dir is not None else None
     console.print(f"retrieval prior: {len(queries):,} training queries x {len(items):,} items")
-    channels = build_channels(items, cache_dir=cache)
+    channels = build_channels(items, cache_dir=retrieval_cache(ctx))
     table = candidate_table(ctx, channels, queries, items, console)
     as_of = pd.Timestamp(ctx.as_of)
     as_of = (as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")).as_unit("us")

@@ -44,7 +44,7 @@ import pandas as pd
 from rich.console import Console
 
 from pipelines.retrieval import build_channels
-from pipelines.signals.prior import candidate_table
+from pipelines.signals.prior import candidate_table, retrieval_cache
 from pipelines.signals.spec import SignalContext
 from pipelines.signals.training import training_judgments, training_queries
 from pipelines.teacher.calibrate import teacher_role
@@ -93,7 +93,7 @@ def fitted_teacher(ctx: SignalContext, config: TeacherConfig,
     queries = training_queries(ctx)
     items = ctx.lake.read("items")
     judgments = training_judgments(ctx, queries)
-    channels = build_channels(items, cache_dir=Path(ctx.work_dir) / "retrieval" if ctx.work_dir else None)
+    channels = build_channels(items, cache_dir=retrieval_cache(ctx))
     seconds["channels"], clock = time.perf_counter() - clock, time.perf_counter()
     prior = candidate_table(ctx, channels, queries, items)
     pairs = label_pairs(queries, prior, judgments)

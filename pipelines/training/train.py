@@ -111,10 +111,11 @@ def train(ws: Workspace, config: TrainConfig, as_of: pd.Timestamp | None = None,
                 losses.append(loss.detach().item())
                 if step % config.log_every == 0 or step == steps_per_epoch - 1:
                     rate = seen / max(time.perf_counter() - start, 1e-9)
-                    bar.update(task, loss=float(np.mean(losses[-config.log_every:])), rate=rate)
+                    recent = float(np.mean(losses[-config.log_every:]))
+                    bar.update(task, loss=recent, rate=rate)
                     if not console.is_terminal:  # a log file gets no live bar: one line per log_every steps
                         console.print(f"epoch {epoch + 1} step {step + 1}/{steps_per_epoch} "
-                                      f"loss {np.mean(losses[-config.log_every:]):.3f} {rate:.0f} seq/s")
+                                      f"loss {recent:.3f} {rate:.0f} seq/s")
                 bar.advance(task)
             epoch_seconds.append(time.perf_counter() - start)
             sequences += seen
