@@ -252,10 +252,15 @@ def training_rows(pairs: pd.DataFrame, negatives: pd.Index, role: str,
     return rows
 
 
+RUNTIME_ONLY = ("threads", "log_every")  # how fast or how chatty, not what is fitted: a cached teacher
+# stays valid on a machine with another core count (threads default to all cores)
+
+
 def fingerprint(config: TeacherConfig, fit: pd.DataFrame, calib: pd.DataFrame, scorer: PairScorer) -> str:
     """Hash of everything the fitted models depend on: config (bar the cascade's, which only picks
     tau and is re-applied on every run), training and calibration rows, their titles."""
     settings = {k: v for k, v in asdict(config).items() if k != "cascade"}
+    settings["cross_encoder"] = {k: v for k, v in settings["cross_encoder"].items() if k not in RUNTIME_ONLY}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for rows in (fit, calib):
         keys = rows["query_norm"] + "\t" + np.asarray(scorer.titles_of(rows["item_id"]), dtype=object)
