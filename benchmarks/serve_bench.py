@@ -11,7 +11,8 @@ per level after --warmup seconds: k=100, with_features=true, the lake's queries 
 
 Per level: latency percentiles, req/s, errors; mean stage times from the Server-Timing header
 (encode includes waiting for its batch; features is the one Redis round trip and decode) and the
-rest (HTTP, validation, JSON); the mean encode batch (BentoML's adaptive_batch_size histogram); the
+rest (HTTP, validation, JSON); the mean encode batch (the X-Encode-Batch header: the size of the
+forward pass each request rode in, so larger batches weigh by how many requests they carried); the
 server processes' CPU; the load average. The client shares the 2 cores, so its CPU is reported too.
 
 Then, with the server idle, one query's 100 returned pairs looked up in this process through
@@ -30,7 +31,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import resource
 import shutil
 import sys
@@ -117,21 +117,10 @@ class ServerProcess(ServiceProcess):
                 continue
         return cpu, rss
 
-    def batch_counters(self) -> tuple[float, float]:
-        """(sum, count) of BentoML's adaptive batch size histogram for the encode API, all workers."""
-        import httpx
-
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        found = {}
-        for part in ("sum", "count"):
-            pattern = rf'^bentoml_service_adaptive_batch_size_{part}\{{[^}}]*method_name="encode"[^}}]*\}} (\S+)'
-            found[part] = sum(float(v) for v in re.findall(pattern, text, re.M))
-        return found["sum"], found["count"]
-
 
 async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, warmup: float) -> list[tuple]:
-    """Keep `concurrency` requests in flight for warmup + seconds; (latency s, status, Server-Timing)
-    of each request sent after the warm-up."""
+    """Keep `concurrency` requests in flight for warmup + seconds; (latency s, status, Server-Timing,
+    encode batch) of each request sent after the warm-up."""
     import aiohttp
 
     records: list[tuple] = []
@@ -148,10 +137,11 @@ async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, 
                     async with session.post(f"{url}/retrieve", data=body) as resp:
                         await resp.read()
                         status, timing = resp.status, resp.headers.get("Server-Timing", "")
+                        batch = int(resp.headers.get("X-Encode-Batch", 0))
                 except aiohttp.ClientError as exc:
-                    status, timing = f"{type(exc).__name__}", ""
+                    status, timing, batch = f"{type(exc).__name__}", "", 0
                 if t0 >= start:
-                    records.append((time.perf_counter() - t0, status, timing))
+                    records.append((time.perf_counter() - t0, status, timing, batch))
 
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
     return records
@@ -169,19 +159,18 @@ def stage_ms(timings: list[str]) -> dict[str, float]:
 
 
 def run_level(server: ServerProcess, bodies: list[bytes], concurrency: int, seconds: float, warmup: float) -> dict:
-    batch0, (cpu0, _), client0, load0 = server.batch_counters(), server.usage(), _cpu(), os.getloadavg()[0]
+    (cpu0, _), client0, load0 = server.usage(), _cpu(), os.getloadavg()[0]
     records = asyncio.run(load(server.url, bodies, concurrency, seconds, warmup))
-    batch1, (cpu1, _), client1 = server.batch_counters(), server.usage(), _cpu()
+    (cpu1, _), client1 = server.usage(), _cpu()
     ok = [r for r in records if r[1] == 200]
     stages = stage_ms([r[2] for r in ok])
     lat = latency_summary([r[0] for r in ok]) if ok else {}
     other = lat.get("mean_ms", 0.0) - sum(stages.get(s, 0.0) for s in STAGES)
-    batches = batch1[1] - batch0[1]
     return {"concurrency": concurrency, **lat, "requests": len(records), "errors": len(records) - len(ok),
             "error_kinds": sorted({str(r[1]) for r in records if r[1] != 200}),
             "req_per_s": round(len(ok) / seconds, 1),
             "stages_ms": {s: round(stages.get(s, 0.0), 3) for s in STAGES} | {"other": round(other, 3)},
-            "mean_encode_batch": round((batch1[0] - batch0[0]) / batches, 2) if batches else None,
+            "mean_encode_batch": round(float(np.mean([r[3] for r in ok])), 2) if ok else None,
             "server_cpu_percent": round(100 * (cpu1 - cpu0) / (seconds + warmup), 1),
             "client_cpu_percent": round(100 * (client1 - client0) / (seconds + warmup), 1),
             "load_avg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)]}
@@ -238,7 +227,8 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=54_000, help="catalog size (Home Depot: ~54k)")
     ap.add_argument("--queries", type=int, default=1000, help="lake queries; requests cycle through them")
     ap.add_argument("--index-kind", default="flat", help="flat (exact, default) | hnsw (recall@100 reported)")
-    ap.add_argument("--torch-threads", type=int, default=1, help="encoder threads in the server")
+    ap.add_argument("--torch-threads", type=int, default=1, help="encoder threads per server process")
+    ap.add_argument("--workers", type=int, default=2, help="server processes (UNISUP_WORKERS)")
     ap.add_argument("--lookups", type=int, default=500, help="timed calls per lookup path")
     ap.add_argument("--soak-minutes", type=float, default=0, help="opt-in soak at concurrency 8 (e.g. 10)")
     ap.add_argument("--seed", type=int, default=0)
@@ -260,7 +250,8 @@ def main() -> None:
             bodies = [json.dumps({"query": t, "k": K, "with_features": True}).encode() for t in texts]
             rng.shuffle(bodies)
             server = ServerProcess(ws, free_port(), tmp / "server.log",
-                                   env={"UNISUP_TORCH_THREADS": str(a.torch_threads)})
+                                   env={"UNISUP_TORCH_THREADS": str(a.torch_threads),
+                                        "UNISUP_WORKERS": str(a.workers)})
             server.wait_ready()
             levels = []
             for c in LEVELS:
@@ -286,7 +277,7 @@ def report(a, manifest, levels: list[dict], lookups: list[dict], soaked: dict | 
     ours, feast = lookups[0], lookups[2]
     result = {"k": K, "items": a.items, "queries": a.queries, "duration_s": a.duration, "warmup_s": a.warmup,
               "index": {"kind": manifest.kind, "params": manifest.params, "recall_at_100": manifest.recall_at_100},
-              "torch_threads": a.torch_threads, "levels": levels, "lookup_100_pairs": lookups,
+              "torch_threads": a.torch_threads, "workers": a.workers, "levels": levels, "lookup_100_pairs": lookups,
               "lookup_p50_speedup_vs_feast": round(feast["p50_ms"] / ours["p50_ms"], 1),
               "soak": soaked, "targets": TARGETS, "measured": met, "met": checks,
               "started": started, "machine": machine()}

@@ -410,7 +410,7 @@ def eval_cmd(
     judgments: Path | None = typer.Option(None, help="Judgments CSV in the Home Depot layout "
                                                      "(search_term, product_uid, relevance)"),
     split: str | None = typer.Option(None, help="Score the lake's own split instead (dev: held out)"),
-    model: list[str] | None = typer.Option(None, help="bm25 | char | rrf | an encoder version "
+    model: list[str] | None = typer.Option(None, help="bm25 | char | rrf | rrf:VERSION | an encoder version "
                                                       "(repeatable; default: bm25 and minilm-l6-v2)"),
     out: Path | None = typer.Option(None, help="Output dir [WORKSPACE/reports/eval-<file stem or split>]"),
     encoding: str = typer.Option("auto", help="auto | utf-8 | iso-8859-1 (judgments file)"),
@@ -442,7 +442,7 @@ def eval_cmd(
 @app.command("ab")
 def ab_cmd(
     ctx: typer.Context,
-    a: str = typer.Option(..., help="Model shown to arm A (bm25 | char | rrf | an encoder version)"),
+    a: str = typer.Option(..., help="Model shown to arm A (bm25 | char | rrf | rrf:VERSION | an encoder version)"),
     b: str = typer.Option(..., help="Model shown to arm B"),
     split: str = typer.Option("dev", help="Lake split whose judged queries make the traffic"),
     impressions: int = typer.Option(100_000, help="Expected searches per arm"),

@@ -1,9 +1,9 @@
 """The retriever as a BentoML service: `bentoml serve serving.service:Retriever` or `unisup serve`.
 
 Settings come from serving/config.py (file or UNISUP_* environment); the work is in
-serving/retriever.py. Encoding is its own batchable API, called through BentoML's in-process
-proxy, so concurrent /retrieve requests share one encoder forward pass (adaptive batching).
-Stage times go back in a Server-Timing header.
+serving/retriever.py. Concurrent /retrieve requests share one encoder forward pass through an
+in-process adaptive batcher (serving/batcher.py). Stage times go back in a Server-Timing header,
+the size of the forward pass a request rode in as X-Encode-Batch.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from serving.limits import RequestLimits
 from serving.schema import DEFAULT_K, EXAMPLE_QUERY, MAX_BATCH, EncodeTexts, RetrieveRequest, RetrieveResponse
 
 with bentoml.importing():
+    from serving.batcher import MicroBatcher
     from serving.retriever import Retriever as RetrieverCore
     from serving.retriever import Timings
 
@@ -34,9 +35,6 @@ info = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # GET routes be
     http={"host": "127.0.0.1", "port": 3000},
     workers=ServeConfig.load().workers,  # processes; each loads encoder and index once, its threads share them
     traffic={"timeout": 30, "max_concurrency": 256},
-    # BentoML 1.4 replaces its in-process client session every `max_requests` calls by closing the old one
-    # with calls still in flight (they fail: "Server disconnected"); the self-proxy never needs replacing.
-    runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
 )
 @bentoml.asgi_app(info, path="/")
 class Retriever:
@@ -46,10 +44,12 @@ class Retriever:
 
     def __init__(self) -> None:
         self.core = RetrieverCore(ServeConfig.load())
+        self.batcher = MicroBatcher(self.core.encode, max_batch=MAX_BATCH)
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=5000)
+    @bentoml.api
     def encode(self, texts: EncodeTexts) -> np.ndarray:
-        """Embeddings of normalized texts, batched across concurrent callers."""
+        """Unit-length embeddings of up to MAX_BATCH texts, encoded as given (/retrieve normalizes its
+        query first; item titles are indexed as they are), with the index's model."""
         return self.core.encode(texts)
 
     @bentoml.api(input_spec=RetrieveRequest, output_spec=RetrieveResponse)
@@ -57,10 +57,12 @@ class Retriever:
                        with_features: bool = True) -> RetrieveResponse:
         """Top-k catalog items for a query, scored by the blend of model score and online features."""
         timings, t = Timings(), time.perf_counter()
-        vector = await self.to_async.encode([normalize_query(query)])
+        encoded = await self.batcher(normalize_query(query))
         timings.add("encode", t)
-        response = await anyio.to_thread.run_sync(self.core.retrieve, query, vector[0], k, with_features, timings)
+        response = await anyio.to_thread.run_sync(self.core.retrieve, query, encoded.vector, k, with_features,
+                                                  timings)
         ctx.response.headers["Server-Timing"] = timings.header()
+        ctx.response.headers["X-Encode-Batch"] = str(encoded.batch)
         return response
 
     @info.get("/metadata")

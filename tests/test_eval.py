@@ -21,7 +21,7 @@ from pipelines.evaluation.metrics import RELEVANT, evaluate, ranked
 from pipelines.evaluation.offline import EvalConfig, evaluate_models
 from pipelines.evaluation.run import Retriever
 from pipelines.ingest.synthetic import generate_synthetic
-from pipelines.modeling.registry import BASE_VERSION
+from pipelines.modeling.registry import BASE_VERSION, UnknownModel
 from pipelines.retrieval.bm25 import BM25Channel
 from pipelines.retrieval.report import channel_report, hits_run
 from pipelines.simulation import EMPTY, ClickConfig, simulate
@@ -81,6 +81,18 @@ def test_eval_cli_writes_reports_equal_to_the_channel_report(ws, tmp_path):
     assert "| rrf |" in md and "NDCG@10" in md and "by query-frequency bucket" in md
     per_query = pd.read_csv(out / "per_query.csv")
     assert len(per_query) == 4 * report["input"]["queries"]
+
+
+def test_a_fused_model_name_fuses_the_lexical_channels_with_that_encoder(ws, tmp_path):
+    """"rrf:VERSION" is rrf with that encoder as the dense channel: rrf:minilm-l6-v2 is rrf itself,
+    and a name that resolves to no encoder fails before any work."""
+    retriever = Retriever(ws.lake.read("items"), ws.models_dir, ws.cache_dir / "retrieval")
+    texts = ws.lake.read("queries")["query_norm"].head(20).tolist()
+    keys = [str(i) for i in range(len(texts))]
+    runs, _ = retriever.runs(texts, keys, ["rrf", f"rrf:{BASE_VERSION}", "bm25"])
+    assert runs["rrf"] == runs[f"rrf:{BASE_VERSION}"] and runs["rrf"] != runs["bm25"]
+    with pytest.raises(UnknownModel):
+        retriever.check(["rrf:no-such-model"])
 
 
 def test_buckets_come_from_query_profile_and_unseen_queries(ws, tmp_path):

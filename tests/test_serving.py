@@ -150,15 +150,19 @@ def test_without_features_the_order_is_the_model_order(server):
 
 
 def test_concurrent_requests_each_get_their_own_answer(ws, server):
-    """Adaptive batching encodes concurrent queries together; no answer may get another's vector.
-    ~300 calls, 16 at a time, also cross BentoML's client-session refresh (every 100 calls without
-    the setting in serving/service.py) several times: without that setting some of them fail."""
+    """Adaptive batching encodes concurrent queries together; no answer may get another's vector."""
     queries = ws.lake.read("queries")["query_text"].head(24).tolist()
-    alone = {q: [i["item_id"] for i in server.post({"query": q, "k": 10}).json()["items"]] for q in queries}
+    alone = {q: server.post({"query": q, "k": 10, "with_features": False}).json()["items"] for q in queries}
     with ThreadPoolExecutor(16) as pool:
-        together = list(pool.map(lambda q: server.post({"query": q, "k": 10}), queries * 12))
+        together = list(pool.map(lambda q: server.post({"query": q, "k": 10, "with_features": False}),
+                                 queries * 12))
     assert [r.status_code for r in together] == [200] * len(together)
-    assert [[i["item_id"] for i in r.json()["items"]] for r in together] == [alone[q] for q in queries * 12]
+    assert max(int(r.headers["X-Encode-Batch"]) for r in together) > 1  # they did share forward passes
+    for q, response in zip(queries * 12, together, strict=True):
+        mine, solo = response.json()["items"], alone[q]
+        # the same vector up to bfloat16 noise: the same scores, the same items (a near-tie may swap)
+        assert np.allclose([i["model_score"] for i in mine], [i["model_score"] for i in solo], atol=2e-3)
+        assert len({i["item_id"] for i in mine} & {i["item_id"] for i in solo}) >= 8
 
 
 def test_health_readiness_and_metadata(ws, server):
@@ -207,7 +211,7 @@ def test_bad_input_is_a_clear_4xx_never_a_500(server, case, content, ctype, stat
 
 
 def test_the_encode_api_bounds_its_input(server):
-    """/encode is the batchable API /retrieve calls; it is reachable, so it is bounded too."""
+    """/encode gives the index model's embeddings to other clients; its input is bounded too."""
     ok = httpx.post(f"{server.url}/encode", json={"texts": ["vinyl angle"]}, timeout=60)
     assert ok.status_code == 200 and np.asarray(ok.json()).shape == (1, 384)
     for texts in ([], ["x"] * 65, ["x" * 1001], [3]):

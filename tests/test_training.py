@@ -29,7 +29,10 @@ ROWS = pd.DataFrame({
 
 def test_each_target_reads_only_its_signals():
     unified = utility(ROWS, TargetConfig("unified", w_teacher=1.0, w_prior=0.3, w_engagement=0.5))
-    assert unified == pytest.approx([1.0 + 0.3 + 0.1, 0.0, 0.5 + 0.1, 0.3 * 61 / 70 / 3])
+    # row 2: the teacher says grade 1.5, a human said relevance 3 (grade 3): the human grade wins
+    assert unified == pytest.approx([1.0 + 0.3 + 0.1, 0.0, 1.0 + 0.1, 0.3 * 61 / 70 / 3])
+    teacher_only = utility(ROWS, TargetConfig("unified", human_override=False))
+    assert teacher_only == pytest.approx([1.0 + 0.3 + 0.1, 0.0, 0.5 + 0.1, 0.3 * 61 / 70 / 3])
     assert utility(ROWS, TargetConfig("teacher")) == pytest.approx([1.0, 0.0, 0.5, 0.0])
     assert utility(ROWS, TargetConfig("human")) == pytest.approx([0.0, 0.0, 1.0, 0.0])
     # clicks, ungated: the status quo rewards the clicked irrelevant item (row 1) most

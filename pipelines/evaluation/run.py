@@ -3,7 +3,8 @@
 A model name is one of
 - "bm25" or "char": the lexical channels of pipelines.retrieval;
 - "rrf": reciprocal-rank fusion of bm25, char and the off-the-shelf MiniLM (the retrieval prior's
-  own ranking, pipelines.retrieval.fusion);
+  own ranking, pipelines.retrieval.fusion); "rrf:VERSION" fuses bm25 and char with that encoder
+  version instead (a hybrid of the lexical channels and a trained student);
 - any encoder version pipelines.modeling.registry resolves (BASE_VERSION or a trained model under
   workspace/models/), searched by the dense channel. Catalog embeddings are cached by encoder
   fingerprint + catalog hash in cache_dir, the same cache the retrieval prior fills, so a catalog is
@@ -29,7 +30,14 @@ from pipelines.text import normalize_query
 
 RRF = "rrf"
 LEXICAL = ("bm25", "char")
-RRF_CHANNELS = {"bm25": "bm25", "dense": BASE_VERSION, "char": "char"}  # prior's channel -> model name
+
+
+def fused_channels(name: str) -> dict[str, str] | None:
+    """The prior's channel -> model name behind a fused model name ("rrf", "rrf:VERSION"), else None."""
+    if name != RRF and not name.startswith(RRF + ":"):
+        return None
+    dense = name.partition(":")[2] or BASE_VERSION
+    return {"bm25": "bm25", "dense": dense, "char": "char"}
 
 Run = dict[str, dict[str, float]]  # {query_id: {item_id: score}}, what metrics.evaluate reads
 
@@ -47,8 +55,9 @@ class Retriever:
     def check(self, models: Sequence[str]) -> None:
         """Fail before any work on a name that is no model (UnknownModel lists the available ones)."""
         for name in models:
-            if name != RRF and name not in LEXICAL:
-                resolve(self.models_dir, name)
+            dense = (fused_channels(name) or {}).get("dense", name)
+            if dense not in LEXICAL:
+                resolve(self.models_dir, dense)
 
     def channel(self, name: str) -> Channel:
         """The channel behind one non-fused model name, built once per Retriever."""
@@ -70,19 +79,17 @@ class Retriever:
              depth: int = DEPTH) -> tuple[dict[str, Run], dict[str, float]]:
         """Top-`depth` run of every model for the queries, and search seconds per model.
 
-        rrf always fuses each channel's top DEPTH (the prior's definition), whatever `depth` is."""
+        A fused model always fuses each channel's top DEPTH (the prior's definition), whatever `depth` is."""
         self.check(models)
-        needed = [m for m in models if m != RRF]
-        if RRF in models:
-            needed += [m for m in RRF_CHANNELS.values() if m not in needed]
-        k = DEPTH if RRF in models else depth
-        hits, seconds = search_all({m: self.channel(m) for m in needed}, list(texts), k=k)
+        fused = {m: parts for m in models if (parts := fused_channels(m)) is not None}
+        needed = list(dict.fromkeys([m for m in models if m not in fused]
+                                    + [n for parts in fused.values() for n in parts.values()]))
+        hits, seconds = search_all({m: self.channel(m) for m in needed}, list(texts), k=DEPTH if fused else depth)
         qids = list(query_ids)
-        runs = {m: hits_run(qids, *_cut(hits[m], depth)) for m in models if m != RRF}
-        if RRF in models:
-            table = prior_table({c: hits[m] for c, m in RRF_CHANNELS.items()}, qids)
-            runs[RRF] = fused_run(table, depth)
-            seconds[RRF] = sum(seconds[m] for m in RRF_CHANNELS.values())
+        runs = {m: hits_run(qids, *_cut(hits[m], depth)) for m in models if m not in fused}
+        for m, parts in fused.items():
+            runs[m] = fused_run(prior_table({c: hits[n] for c, n in parts.items()}, qids), depth)
+            seconds[m] = sum(seconds[n] for n in parts.values())
         return {m: runs[m] for m in models}, {m: round(seconds[m], 2) for m in models}
 
     def ranker(self, model: str, depth: int = 10) -> Ranker:

@@ -59,11 +59,16 @@ class Encoder:
     tokenizer: object  # a transformers PreTrainedTokenizerBase
     path: Path | None = None
     max_length: int = MAX_LENGTH
+    bf16: bool = False  # bfloat16 autocast in `encode`: cosine 0.99998 to float32, ~1.3-3x faster where native
 
     @classmethod
     def load(cls, path: Path | str | None = None, max_length: int = MAX_LENGTH,
-             threads: int | None = None) -> Encoder:
-        """Load any HF model directory (default: the packaged MiniLM), offline, in eval mode."""
+             threads: int | None = None, bf16: bool | None = None) -> Encoder:
+        """Load any HF model directory (default: the packaged MiniLM), offline, in eval mode.
+
+        `bf16` defaults to whether this CPU has native bfloat16: vectors differ from float32 ones by
+        ~1e-5 in cosine, far below what moves a ranking, so caches and indexes keep one key (the
+        weights' fingerprint) whichever precision computed them."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
@@ -73,7 +78,8 @@ class Encoder:
         path = Path(path) if path is not None else minilm_dir()
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-        return cls(model=model, tokenizer=tokenizer, path=path, max_length=max_length)
+        return cls(model=model, tokenizer=tokenizer, path=path, max_length=max_length,
+                   bf16=bf16_is_fast() if bf16 is None else bf16)
 
     def save(self, path: Path | str) -> Path:
         """Write model and tokenizer as an HF directory that `Encoder.load` reads back."""
@@ -117,7 +123,8 @@ class Encoder:
             return out
         order = np.argsort([len(t) for t in texts], kind="stable")
         show = len(texts) >= PROGRESS_FROM if progress is None else progress
-        with torch.inference_mode(), Progress(disable=not show, transient=True) as bar:
+        with (torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16),
+              Progress(disable=not show, transient=True) as bar):
             task = bar.add_task("encoding", total=len(texts))
             for start in range(0, len(texts), batch_size):
                 idx = order[start:start + batch_size]

@@ -19,7 +19,8 @@ class TargetConfig:
     """How candidates are scored into a soft target (pipelines.training.target documents the formula)."""
 
     kind: str = "unified"  # one of TARGETS: unified, or a single-signal ablation
-    w_teacher: float = 1.0  # calibrated expected grade / 3
+    w_teacher: float = 1.0  # graded relevance / 3: calibrated teacher expected grade, or the human grade
+    human_override: bool = True  # where a human judged the pair, its grade replaces the teacher's
     w_prior: float = 0.3  # retrieval agreement (RRF score normalized to 0..1)
     w_engagement: float = 0.5  # gated, position-debiased 30-day CTR
     temperature: float = 0.1  # softmax temperature over a list's min-max scaled utilities

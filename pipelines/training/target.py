@@ -2,19 +2,23 @@
 
 Per candidate i of query q, a utility from the three signals as read through the `training`
 FeatureService (all in 0..1):
-    teacher_i    = expected_grade / 3                   (calibrated cascade, 0 if unlabelled)
+    grade_i      = grade(human_grade) / 3 where a human judged the pair (human_override), else
+                   expected_grade / 3                   (calibrated cascade, 0 if unlabelled)
     prior_i      = fusion_score * (RRF_K + 1) / 3        (1 = ranked first by all three channels)
     engagement_i = min(gated_ctr_30d, 1)                 (debiased CTR where the teacher says
                                                          relevant, 0 where gated out or unseen)
-    u_i = w_teacher * teacher_i + w_prior * prior_i + w_engagement * engagement_i
+    u_i = w_teacher * grade_i + w_prior * prior_i + w_engagement * engagement_i
 The target is softmax(s_i / T) with s = (u - min u) / (max u - min u) over the list: min-max scaling
 makes T mean the same for every target kind and list, so the ablations differ only in u:
     engagement: u = ctr_smoothed_30d (raw clicks, ungated: the status quo), 0 where never shown;
     human:      u = (human_grade - 1) / 2 where judged, 0 otherwise (unjudged counted irrelevant);
-    teacher:    u = teacher_i.
-Why this shape: the teacher carries relevance, the prior says which items several channels agree
-on (robust where the teacher is unsure), gated engagement adds what users prefer among relevant
-items without rewarding clicks on irrelevant popular ones.
+    teacher:    u = expected_grade / 3 (the teacher alone, no human grades).
+Why this shape: graded relevance leads, from people where they judged the pair (the teacher was
+fitted to imitate them, so where both exist the human grade is the better one; both are on the
+ordinal 0..3 scale of pipelines.teacher.grades) and from the teacher everywhere else (~97% of
+candidates); the prior says which items several channels agree on (robust where the teacher is
+unsure); gated engagement adds what users prefer among relevant items without rewarding clicks on
+irrelevant popular ones.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.retrieval.fusion import RRF_K
+from pipelines.teacher.grades import GRADES, to_grade
 from pipelines.training.config import TargetConfig
 
 N_CHANNELS = 3
@@ -43,9 +48,15 @@ def utility(df: pd.DataFrame, config: TargetConfig) -> np.ndarray:
         return np.nan_to_num((_col(df, "human_grade") - 1.0) / 2.0)
     if config.kind == "engagement":
         return np.nan_to_num(_col(df, "ctr_smoothed_30d"))
+    grade = teacher
+    if config.human_override:
+        human = _col(df, "human_grade")
+        judged = ~np.isnan(human)
+        grade = teacher.copy()
+        grade[judged] = to_grade(human[judged]) / (GRADES - 1)
     prior = np.clip(np.nan_to_num(_col(df, "fusion_score")) * (RRF_K + 1) / N_CHANNELS, 0.0, 1.0)
     engagement = np.clip(np.nan_to_num(_col(df, "gated_ctr_30d")), 0.0, 1.0)
-    return config.w_teacher * teacher + config.w_prior * prior + config.w_engagement * engagement
+    return config.w_teacher * grade + config.w_prior * prior + config.w_engagement * engagement
 
 
 def soft_target(u: np.ndarray, temperature: float) -> np.ndarray:

@@ -1,0 +1,71 @@
+"""The in-process adaptive batcher: batches form under load by themselves, answers never mix."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serving.batcher import MicroBatcher
+
+
+class SlowEncoder:
+    """Vector i = [len(text), position in its batch]; each call takes `delay` seconds (a forward pass)."""
+
+    def __init__(self, delay: float = 0.02) -> None:
+        self.delay, self.calls = delay, []
+
+    def __call__(self, texts):
+        assert threading.current_thread() is not threading.main_thread()  # never blocks the event loop
+        self.calls.append(list(texts))
+        time.sleep(self.delay)
+        return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=np.float32)
+
+
+def test_an_idle_batcher_encodes_at_once_alone():
+    encoder = SlowEncoder()
+
+    async def main():
+        batcher = MicroBatcher(encoder, max_batch=8)
+        return [await batcher("drill"), await batcher("ladder")]
+
+    first, second = asyncio.run(main())
+    assert encoder.calls == [["drill"], ["ladder"]] and (first.batch, second.batch) == (1, 1)
+    assert first.vector.tolist() == [5, 0] and second.vector.tolist() == [6, 0]
+
+
+def test_requests_arriving_during_a_pass_share_the_next_one_up_to_max_batch():
+    encoder = SlowEncoder()
+    texts = ["x" * n for n in range(1, 12)]
+
+    async def main():
+        batcher = MicroBatcher(encoder, max_batch=4)
+        return await asyncio.gather(*(batcher(t) for t in texts))
+
+    results = asyncio.run(main())
+    assert [len(c) for c in encoder.calls] == [4, 4, 3]  # all arrive while the first pass runs
+    assert [r.vector[0] for r in results] == [len(t) for t in texts]  # each its own vector
+    assert [r.batch for r in results] == [4] * 8 + [3] * 3
+
+
+def test_a_failing_pass_fails_its_callers_only_and_the_batcher_recovers():
+    def encode(texts):
+        if "bad" in texts:
+            raise RuntimeError("encoder broke")
+        return np.ones((len(texts), 2), dtype=np.float32)
+
+    async def main():
+        batcher = MicroBatcher(encode, max_batch=8)
+        failed = await asyncio.gather(batcher("bad"), batcher("ok"), return_exceptions=True)
+        return failed, await batcher("fine")
+
+    failed, later = asyncio.run(main())
+    assert all(isinstance(f, RuntimeError) for f in failed) and later.batch == 1
+
+
+def test_max_batch_must_be_positive():
+    with pytest.raises(ValueError, match="max_batch"):
+        MicroBatcher(SlowEncoder(), max_batch=0)
