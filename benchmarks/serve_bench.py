@@ -10,7 +10,8 @@ subprocess, and this process (asyncio + aiohttp) keeps c requests in flight for 
 per level after --warmup seconds: k=100, with_features=true, the lake's queries in seeded order.
 
 Per level: latency percentiles, req/s, errors; mean stage times from the Server-Timing header
-(encode includes waiting for its batch; features is the one Redis round trip and decode) and the
+(queue: waiting for a batch to start; encode and search are of the whole batch the request rode in;
+features is the one Redis round trip and decode) and the
 rest (HTTP, validation, JSON); the mean encode batch (the X-Encode-Batch header: the size of the
 forward pass each request rode in, so larger batches weigh by how many requests they carried); the
 server processes' CPU; the load average. The client shares the 2 cores, so its CPU is reported too.
@@ -51,7 +52,7 @@ from serving.process import ServiceProcess
 warnings.filterwarnings("ignore")  # Feast's experimental-ODFV and ibis deprecation notices
 LEVELS = (1, 8, 32)
 K = 100
-STAGES = ("encode", "search", "features", "blend")
+STAGES = ("queue", "encode", "search", "features", "blend")
 CACHE = Path(tempfile.gettempdir()) / "unisup-bench-cache"
 TARGETS = {"p50_ms_c1": 15.0, "p99_ms_c1": 40.0, "rps_c8": 100.0}
 
@@ -292,8 +293,8 @@ def report(a, manifest, levels: list[dict], lookups: list[dict], soaked: dict | 
                      f"{lv['load_avg_1m'][0]:.1f} -> {lv['load_avg_1m'][1]:.1f}"))
     print_table(f"/retrieve k={K}, features from Redis, {a.items:,} items, {manifest.kind} index (recall@100 "
                 f"{manifest.recall_at_100}), {a.duration:.0f}s per level",
-                ["concurrency", "p50 ms", "p99 ms", "req/s", "errors", "encode ms", "search ms", "features ms",
-                 "blend ms", "other ms", "encode batch", "CPU % server / client", "load 1m"], rows)
+                ["concurrency", "p50 ms", "p99 ms", "req/s", "errors", "queue ms", "encode ms", "search ms",
+                 "features ms", "blend ms", "other ms", "encode batch", "CPU % server / client", "load 1m"], rows)
     print_table(f"one lookup of 100 pairs x retriever_online from Redis (Feast / ours p50: "
                 f"{result['lookup_p50_speedup_vs_feast']}x)", ["path", "p50 ms", "p99 ms", "mean ms"],
                 [(r["path"], r["p50_ms"], r["p99_ms"], r["mean_ms"]) for r in lookups])

@@ -1,4 +1,5 @@
-"""Adaptive batching inside the worker process: concurrent requests share one encoder forward pass.
+"""Adaptive batching inside the worker process: concurrent requests share one encoder forward pass
+and one scan of the index.
 
 Why not BentoML's batchable API: reaching it from /retrieve goes through BentoML's in-process HTTP
 client, a second trip through the HTTP stack that cost about as much as the forward pass itself.
@@ -6,64 +7,59 @@ This batcher has no timer to tune: a request that finds the encoder idle is enco
 added latency at low load); requests that arrive while a pass runs wait for it and go together in
 the next one (up to `max_batch`), so the batch grows with the load by itself.
 
-One batcher per event loop (one per BentoML worker process); the forward pass runs in a worker
-thread so the loop keeps accepting and parsing requests meanwhile.
+One batcher per event loop (one per BentoML worker process); the batch function runs in a worker
+thread so the loop keeps accepting and parsing requests meanwhile. It maps a list of payloads to a
+list of results, one per payload, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import anyio
-import numpy as np
+
+P = TypeVar("P")
+R = TypeVar("R")
 
 
-@dataclass
-class Encoded:
-    """One text's vector and the size of the forward pass it rode in (for the Server-Timing header)."""
+class MicroBatcher(Generic[P, R]):
+    """`await batcher(payload)` -> result, batching concurrent callers into one `run(payloads)` call."""
 
-    vector: np.ndarray
-    batch: int
-
-
-class MicroBatcher:
-    """`await batcher(text)` -> Encoded, batching concurrent callers into one `encode(texts)` call."""
-
-    def __init__(self, encode: Callable[[Sequence[str]], np.ndarray], max_batch: int) -> None:
+    def __init__(self, run: Callable[[list[P]], Sequence[R]], max_batch: int) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self._encode = encode
+        self._run = run
         self.max_batch = max_batch
-        self._pending: list[tuple[str, asyncio.Future]] = []
+        self._pending: list[tuple[P, asyncio.Future]] = []
         self._draining = False
 
-    async def __call__(self, text: str) -> Encoded:
+    async def __call__(self, payload: P) -> R:
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((text, future))
+        self._pending.append((payload, future))
         if not self._draining:
             self._draining = True
             asyncio.get_running_loop().create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
-        """Encode what is pending, batch after batch, until nothing is left."""
+        """Run what is pending, batch after batch, until nothing is left."""
         try:
             while self._pending:
                 batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-                batch = [(text, future) for text, future in batch if not future.cancelled()]
+                batch = [(payload, future) for payload, future in batch if not future.cancelled()]
                 if not batch:
                     continue
                 try:
-                    vectors = await anyio.to_thread.run_sync(self._encode, [text for text, _ in batch])
+                    results = await anyio.to_thread.run_sync(self._run, [payload for payload, _ in batch])
                 except Exception as exc:  # noqa: BLE001 - every waiter of this batch gets the error
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for (_, future), vector in zip(batch, vectors, strict=True):
+                for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
-                        future.set_result(Encoded(vector, len(batch)))
+                        future.set_result(result)
         finally:
             self._draining = False

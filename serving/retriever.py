@@ -2,7 +2,9 @@
 
 A request: normalize (pipelines.text.normalize_query, the one normalization) -> encode -> FAISS
 top-k -> ONE batched online lookup of the `retriever_online` features for every returned
-(query, item) pair -> blend (pipelines.index.blend) -> items best first.
+(query, item) pair -> blend (pipelines.index.blend) -> items best first. Encode and search take
+a batch of concurrent requests at once (`find`: one forward pass, one scan of the index); lookup
+and blend are per request (`answer`).
 
 If the online store fails (Redis down, a timeout, anything), the answer still comes from the index:
 features null, scores from the blend with no features (the model score's order), `degraded: true`.
@@ -19,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import faiss
 import numpy as np
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -49,6 +52,17 @@ class Timings:
         return ", ".join(f"{stage};dur={ms:.2f}" for stage, ms in self.ms.items())
 
 
+@dataclass
+class Found:
+    """One request's share of a batched encode + search: top-k index rows and model scores."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    batch: int  # requests in the batch it rode in
+    encode_ms: float  # of the whole batch
+    search_ms: float
+
+
 class OnlineHealth:
     """Whether the last online read worked; logs each change of state once."""
 
@@ -76,6 +90,7 @@ class Retriever:
         self.loaded = load_index(config.index_dir())
         manifest = self.loaded.manifest
         self.encoder = load_encoder(manifest, ws.models_dir, config.model_dir, threads=config.torch_threads)
+        faiss.omp_set_num_threads(config.torch_threads)  # the encoder's share of the cores, not all of them
         self.blend = Blend.load(self.loaded.path)
         self.online = OnlineFeatures(ws, service=manifest.feature_service)
         if self.online.reader is not None:  # fail fast: no hanging on a dead socket, no retries with backoff
@@ -105,16 +120,23 @@ class Retriever:
         """(n, dim) unit vectors of already-normalized texts."""
         return self.encoder.encode(list(texts))
 
-    def retrieve(self, query: str, vector: np.ndarray, k: int, with_features: bool,
-                 timings: Timings) -> RetrieveResponse:
-        """Top-k for one encoded query, features looked up and blended, best first."""
+    def find(self, requests: Sequence[tuple[str, int]]) -> list[Found]:
+        """Top-k rows for a batch of (normalized query, k): one forward pass for all the queries and
+        one search call, whose scan of the index serves every query of the batch."""
+        t0 = time.perf_counter()
+        vectors = self.encode([query for query, _ in requests])
+        t1 = time.perf_counter()
+        scores, rows = search(self.loaded.index, vectors, max(k for _, k in requests))
+        t2 = time.perf_counter()
+        return [Found(rows[i, :k], scores[i, :k], len(requests), (t1 - t0) * 1000, (t2 - t1) * 1000)
+                for i, (_, k) in enumerate(requests)]
+
+    def answer(self, query: str, norm: str, found: Found, with_features: bool, timings: Timings) -> RetrieveResponse:
+        """The response for one request's search result: features looked up and blended, best first."""
         t = time.perf_counter()
-        scores, rows = search(self.loaded.index, np.asarray(vector).reshape(1, -1), k)
-        keep = rows[0] >= 0  # FAISS pads with -1 when k exceeds the catalog
-        rows, model_scores = rows[0][keep], scores[0][keep].astype(np.float64)
+        keep = found.rows >= 0  # FAISS pads with -1 when k exceeds the catalog
+        rows, model_scores = found.rows[keep], found.scores[keep].astype(np.float64)
         item_ids, titles = self.loaded.item_ids[rows], self.loaded.titles[rows]
-        t = timings.add("search", t)
-        norm = normalize_query(query)
         qid = query_id(norm)
         columns = self.lookup(qid, item_ids) if with_features else None
         t = timings.add("features", t)
@@ -125,7 +147,7 @@ class Retriever:
                  for i in order]
         timings.add("blend", t)
         return RetrieveResponse.model_construct(
-            query=query, query_norm=norm, query_id=qid, k=k, items=items, versions=self.versions,
+            query=query, query_norm=norm, query_id=qid, k=len(found.rows), items=items, versions=self.versions,
             degraded=with_features and columns is None)
 
     def lookup(self, qid: str, item_ids: Sequence[str]) -> dict[str, list] | None:

@@ -1,9 +1,10 @@
 """The retriever as a BentoML service: `bentoml serve serving.service:Retriever` or `unisup serve`.
 
 Settings come from serving/config.py (file or UNISUP_* environment); the work is in
-serving/retriever.py. Concurrent /retrieve requests share one encoder forward pass through an
-in-process adaptive batcher (serving/batcher.py). Stage times go back in a Server-Timing header,
-the size of the forward pass a request rode in as X-Encode-Batch.
+serving/retriever.py. Concurrent /retrieve requests share one encoder forward pass and one index
+scan through an in-process adaptive batcher (serving/batcher.py). Stage times go back in a
+Server-Timing header (queue: waiting for a batch to start), the size of the batch a request rode in
+as X-Encode-Batch.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Retriever:
 
     def __init__(self) -> None:
         self.core = RetrieverCore(ServeConfig.load())
-        self.batcher = MicroBatcher(self.core.encode, max_batch=MAX_BATCH)
+        self.batcher = MicroBatcher(self.core.find, max_batch=MAX_BATCH)
 
     @bentoml.api
     def encode(self, texts: EncodeTexts) -> np.ndarray:
@@ -56,13 +57,14 @@ class Retriever:
     async def retrieve(self, ctx: bentoml.Context, query: str = EXAMPLE_QUERY, k: int = DEFAULT_K,
                        with_features: bool = True) -> RetrieveResponse:
         """Top-k catalog items for a query, scored by the blend of model score and online features."""
-        timings, t = Timings(), time.perf_counter()
-        encoded = await self.batcher(normalize_query(query))
-        timings.add("encode", t)
-        response = await anyio.to_thread.run_sync(self.core.retrieve, query, encoded.vector, k, with_features,
-                                                  timings)
+        t, norm = time.perf_counter(), normalize_query(query)
+        found = await self.batcher((norm, k))
+        waited = (time.perf_counter() - t) * 1000
+        timings = Timings({"queue": max(waited - found.encode_ms - found.search_ms, 0.0),
+                           "encode": found.encode_ms, "search": found.search_ms})
+        response = await anyio.to_thread.run_sync(self.core.answer, query, norm, found, with_features, timings)
         ctx.response.headers["Server-Timing"] = timings.header()
-        ctx.response.headers["X-Encode-Batch"] = str(encoded.batch)
+        ctx.response.headers["X-Encode-Batch"] = str(found.batch)
         return response
 
     @info.get("/metadata")

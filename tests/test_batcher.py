@@ -6,14 +6,13 @@ import asyncio
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from serving.batcher import MicroBatcher
 
 
 class SlowEncoder:
-    """Vector i = [len(text), position in its batch]; each call takes `delay` seconds (a forward pass)."""
+    """Result i = (len(text), size of its batch); each call takes `delay` seconds (a forward pass)."""
 
     def __init__(self, delay: float = 0.02) -> None:
         self.delay, self.calls = delay, []
@@ -22,7 +21,7 @@ class SlowEncoder:
         assert threading.current_thread() is not threading.main_thread()  # never blocks the event loop
         self.calls.append(list(texts))
         time.sleep(self.delay)
-        return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=np.float32)
+        return [(len(t), len(texts)) for t in texts]
 
 
 def test_an_idle_batcher_encodes_at_once_alone():
@@ -33,8 +32,7 @@ def test_an_idle_batcher_encodes_at_once_alone():
         return [await batcher("drill"), await batcher("ladder")]
 
     first, second = asyncio.run(main())
-    assert encoder.calls == [["drill"], ["ladder"]] and (first.batch, second.batch) == (1, 1)
-    assert first.vector.tolist() == [5, 0] and second.vector.tolist() == [6, 0]
+    assert encoder.calls == [["drill"], ["ladder"]] and (first, second) == ((5, 1), (6, 1))
 
 
 def test_requests_arriving_during_a_pass_share_the_next_one_up_to_max_batch():
@@ -47,15 +45,14 @@ def test_requests_arriving_during_a_pass_share_the_next_one_up_to_max_batch():
 
     results = asyncio.run(main())
     assert [len(c) for c in encoder.calls] == [4, 4, 3]  # all arrive while the first pass runs
-    assert [r.vector[0] for r in results] == [len(t) for t in texts]  # each its own vector
-    assert [r.batch for r in results] == [4] * 8 + [3] * 3
+    assert results == [(len(t), 4) for t in texts[:8]] + [(len(t), 3) for t in texts[8:]]  # each its own
 
 
 def test_a_failing_pass_fails_its_callers_only_and_the_batcher_recovers():
     def encode(texts):
         if "bad" in texts:
             raise RuntimeError("encoder broke")
-        return np.ones((len(texts), 2), dtype=np.float32)
+        return [len(texts)] * len(texts)
 
     async def main():
         batcher = MicroBatcher(encode, max_batch=8)
@@ -63,7 +60,7 @@ def test_a_failing_pass_fails_its_callers_only_and_the_batcher_recovers():
         return failed, await batcher("fine")
 
     failed, later = asyncio.run(main())
-    assert all(isinstance(f, RuntimeError) for f in failed) and later.batch == 1
+    assert all(isinstance(f, RuntimeError) for f in failed) and later == 1
 
 
 def test_max_batch_must_be_positive():
