@@ -20,7 +20,7 @@ DEFAULT_K = 100
 MAX_BATCH = 64  # texts per /encode call and per encoder forward pass
 EXAMPLE_QUERY = "cordless drill 18 volt"
 
-# POST /encode (the batchable API /retrieve calls): 1..MAX_BATCH normalized texts.
+# POST /encode: 1..MAX_BATCH texts, embedded as given with the index model.
 EncodeTexts = Annotated[list[Annotated[str, Field(max_length=MAX_QUERY_CHARS)]],
                         Field(min_length=1, max_length=MAX_BATCH)]
 
