@@ -11,10 +11,10 @@ per level after --warmup seconds: k=100, with_features=true, the lake's queries 
 
 Per level: latency percentiles, req/s, errors; mean stage times from the Server-Timing header
 (queue: waiting for a batch to start; encode and search are of the whole batch the request rode in;
-features is the one Redis round trip and decode) and the
-rest (HTTP, validation, JSON); the mean encode batch (the X-Encode-Batch header: the size of the
-forward pass each request rode in, so larger batches weigh by how many requests they carried); the
-server processes' CPU; the load average. The client shares the 2 cores, so its CPU is reported too.
+features is the one Redis round trip and decode) and the rest (HTTP, validation, JSON); the mean
+encode batch (the X-Encode-Batch header: the size of the forward pass each request rode in, so
+larger batches weigh by how many requests they carried); the server processes' CPU; the load
+average. The client shares the 2 cores, so its CPU is reported too.
 
 Then, with the server idle, one query's 100 returned pairs looked up in this process through
 OnlineFeatures (the service's path) and Feast's get_online_features(...).to_df().

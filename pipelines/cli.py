@@ -19,6 +19,8 @@ from rich.table import Table
 
 from pipelines.workspace import HOMEDEPOT, ConfigError, Workspace
 
+MODEL_NAMES = "bm25 | char | rrf | rrf:VERSION | an encoder version"  # pipelines.evaluation.run's names
+
 # Feast flags on-demand views as experimental and ibis/duckdb announce API renames on every call;
 # neither is actionable for a user of this CLI.
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -410,8 +412,7 @@ def eval_cmd(
     judgments: Path | None = typer.Option(None, help="Judgments CSV in the Home Depot layout "
                                                      "(search_term, product_uid, relevance)"),
     split: str | None = typer.Option(None, help="Score the lake's own split instead (dev: held out)"),
-    model: list[str] | None = typer.Option(None, help="bm25 | char | rrf | rrf:VERSION | an encoder version "
-                                                      "(repeatable; default: bm25 and minilm-l6-v2)"),
+    model: list[str] | None = typer.Option(None, help=f"{MODEL_NAMES} (repeatable; default: bm25 and minilm-l6-v2)"),
     out: Path | None = typer.Option(None, help="Output dir [WORKSPACE/reports/eval-<file stem or split>]"),
     encoding: str = typer.Option("auto", help="auto | utf-8 | iso-8859-1 (judgments file)"),
 ) -> None:
@@ -442,7 +443,7 @@ def eval_cmd(
 @app.command("ab")
 def ab_cmd(
     ctx: typer.Context,
-    a: str = typer.Option(..., help="Model shown to arm A (bm25 | char | rrf | rrf:VERSION | an encoder version)"),
+    a: str = typer.Option(..., help=f"Model shown to arm A ({MODEL_NAMES})"),
     b: str = typer.Option(..., help="Model shown to arm B"),
     split: str = typer.Option("dev", help="Lake split whose judged queries make the traffic"),
     impressions: int = typer.Option(100_000, help="Expected searches per arm"),

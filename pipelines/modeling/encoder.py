@@ -61,7 +61,7 @@ class Encoder:
     path: Path | None = None
     max_length: int = MAX_LENGTH
     bf16: bool = False  # `encode` with a bfloat16 copy of the weights: cosine >= 0.9999 to float32, ~1.5-2x faster
-    _inference: tuple[tuple, torch.nn.Module] | None = field(default=None, repr=False)
+    _inference: tuple[tuple, torch.nn.Module] | None = field(default=None, repr=False, init=False)
 
     @classmethod
     def load(cls, path: Path | str | None = None, max_length: int = MAX_LENGTH,
