@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -44,6 +44,16 @@ class ServiceProcess:
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"service not ready after {timeout:.0f} s:\n{self.tail()}")
+
+    def wait_for_log(self, done: Callable[[str], bool], timeout: float = 10) -> str:
+        """The log once `done(log)` holds: worker output reaches the file through BentoML's supervisor,
+        a moment after the response that caused it."""
+        deadline = time.monotonic() + timeout
+        while not done(log := self.log.read_text(errors="replace")):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"log condition not met after {timeout:.0f} s:\n{self.tail()}")
+            time.sleep(0.1)
+        return log
 
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:]

@@ -113,7 +113,8 @@ def test_dense_embeddings_are_unit_float32_and_top_k_is_exact(channels, catalog,
     vectors = item_embeddings(encoder, catalog["item_id"].tolist(), titles, dense_cache)  # cached
     assert vectors.dtype == np.float32 and vectors.shape == (len(titles), encoder.dim)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert np.allclose(encoder.encode(titles[:8], batch_size=3), vectors[:8], atol=1e-5)  # order kept
+    tolerance = 5e-3 if encoder.bf16 else 1e-5  # in bfloat16 a vector moves by ~1e-3 with its batch-mates
+    assert np.allclose(encoder.encode(titles[:8], batch_size=3), vectors[:8], atol=tolerance)  # order kept
     queries = ["cordless drill 20v", "chrome kitchen faucet", "deck stain", "waterproof flooring"]
     ids, scores = channels["dense"].search(queries, k=20)
     brute = encoder.encode(queries) @ vectors.T  # (4, n_items)

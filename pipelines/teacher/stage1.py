@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import joblib
@@ -65,6 +65,11 @@ class PairScorer:
         self.titles = items["title"].astype(str).to_numpy()
         self.item_vectors = self.dense.index.reconstruct_n(0, self.dense.index.ntotal)  # (n_items, dim)
         self.char_rows = self.char.matrix_t.T.tocsr()  # (n_items, n_grams), unit rows
+        # float32 whatever the channel runs: `_dense` batches whichever queries are new at the time, so
+        # a batch's make-up depends on call order (fit + calibrate + label, or label alone when the
+        # teacher is reused); bfloat16 moves a vector by ~1e-3 with its batch-mates, float32 by ~1e-7,
+        # and labels must not depend on whether this run fitted the teacher
+        self.query_encoder = replace(self.dense.encoder, bf16=False)
         self._title_tokens: dict[int, frozenset] = {}
         self._queries: dict[str, tuple[np.ndarray, float]] = {}  # text -> (embedding, best cosine)
 
@@ -73,7 +78,7 @@ class PairScorer:
         for fitting, calibration and labelling, and encoding is the dearest step of stage 1."""
         new = [t for t in dict.fromkeys(texts) if t not in self._queries]
         if new:
-            vectors = self.dense.encoder.encode(new, batch_size=512)  # (n_new, dim)
+            vectors = self.query_encoder.encode(new, batch_size=512)  # (n_new, dim)
             best, _ = self.dense.index.search(vectors, 1)
             self._queries.update({t: (v, float(b)) for t, v, b in zip(new, vectors, best[:, 0])})
         return (np.stack([self._queries[t][0] for t in texts]),
