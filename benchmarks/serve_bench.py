@@ -230,6 +230,7 @@ def main() -> None:
     ap.add_argument("--index-kind", default="flat", help="flat (exact, default) | hnsw (recall@100 reported)")
     ap.add_argument("--torch-threads", type=int, default=1, help="encoder threads per server process")
     ap.add_argument("--workers", type=int, default=2, help="server processes (UNISUP_WORKERS)")
+    ap.add_argument("--lanes", type=int, default=2, help="concurrent batches per process (UNISUP_LANES)")
     ap.add_argument("--lookups", type=int, default=500, help="timed calls per lookup path")
     ap.add_argument("--soak-minutes", type=float, default=0, help="opt-in soak at concurrency 8 (e.g. 10)")
     ap.add_argument("--seed", type=int, default=0)
@@ -252,7 +253,7 @@ def main() -> None:
             rng.shuffle(bodies)
             server = ServerProcess(ws, free_port(), tmp / "server.log",
                                    env={"UNISUP_TORCH_THREADS": str(a.torch_threads),
-                                        "UNISUP_WORKERS": str(a.workers)})
+                                        "UNISUP_WORKERS": str(a.workers), "UNISUP_LANES": str(a.lanes)})
             server.wait_ready()
             levels = []
             for c in LEVELS:
@@ -278,7 +279,8 @@ def report(a, manifest, levels: list[dict], lookups: list[dict], soaked: dict | 
     ours, feast = lookups[0], lookups[2]
     result = {"k": K, "items": a.items, "queries": a.queries, "duration_s": a.duration, "warmup_s": a.warmup,
               "index": {"kind": manifest.kind, "params": manifest.params, "recall_at_100": manifest.recall_at_100},
-              "torch_threads": a.torch_threads, "workers": a.workers, "levels": levels, "lookup_100_pairs": lookups,
+              "torch_threads": a.torch_threads, "workers": a.workers, "lanes": a.lanes, "levels": levels,
+              "lookup_100_pairs": lookups,
               "lookup_p50_speedup_vs_feast": round(feast["p50_ms"] / ours["p50_ms"], 1),
               "soak": soaked, "targets": TARGETS, "measured": met, "met": checks,
               "started": started, "machine": machine()}

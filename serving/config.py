@@ -9,6 +9,8 @@
     UNISUP_WORKERS        service processes, each with its own encoder and index (default 2, one per core:
                           a request is mostly Python, so one process uses about one core)
     UNISUP_TORCH_THREADS  intra-op threads of the encoder per process (default 1)
+    UNISUP_LANES          batches (encode + search) a process may run at once, each on its own thread
+                          (default 2: a process can use both cores when requests wait; serving/batcher.py)
     UNISUP_ONLINE_TIMEOUT seconds an online-store read may take before the answer degrades (default 0.5)
 
 Host and port are BentoML's: `unisup serve --host/--port` or `bentoml serve --host/--port`; the
@@ -44,6 +46,7 @@ class ServeConfig:
     model_dir: Path | None = None
     workers: int = 2
     torch_threads: int = 1
+    lanes: int = 2
     online_timeout: float = 0.5
 
     @classmethod

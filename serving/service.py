@@ -44,8 +44,9 @@ class Retriever:
     (`degraded: true`) but never makes the service unready."""
 
     def __init__(self) -> None:
-        self.core = RetrieverCore(ServeConfig.load())
-        self.batcher = MicroBatcher(self.core.find, max_batch=MAX_BATCH)
+        config = ServeConfig.load()
+        self.core = RetrieverCore(config)
+        self.batcher = MicroBatcher(self.core.find, max_batch=MAX_BATCH, lanes=config.lanes)
 
     @bentoml.api
     def encode(self, texts: EncodeTexts) -> np.ndarray:

@@ -66,3 +66,27 @@ def test_a_failing_pass_fails_its_callers_only_and_the_batcher_recovers():
 def test_max_batch_must_be_positive():
     with pytest.raises(ValueError, match="max_batch"):
         MicroBatcher(SlowEncoder(), max_batch=0)
+    with pytest.raises(ValueError, match="lanes"):
+        MicroBatcher(SlowEncoder(), max_batch=8, lanes=0)
+
+
+def test_lanes_run_batches_side_by_side_never_more_than_lanes():
+    """With two lanes a request that arrives during a pass does not wait for it: passes overlap."""
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def encode(texts):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return [len(texts)] * len(texts)
+
+    async def main(lanes):
+        batcher = MicroBatcher(encode, max_batch=2, lanes=lanes)
+        return await asyncio.gather(*(batcher(str(i)) for i in range(8)))
+
+    for lanes in (1, 2, 3):  # 8 requests in batches of 2: four passes
+        peak[0] = 0
+        assert asyncio.run(main(lanes)) == [2] * 8 and peak[0] == lanes

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import importlib.util
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -62,6 +63,10 @@ class Encoder:
     max_length: int = MAX_LENGTH
     bf16: bool = False  # `encode` with a bfloat16 copy of the weights: cosine >= 0.9999 to float32, ~1.5-2x faster
     _inference: tuple[tuple, torch.nn.Module] | None = field(default=None, repr=False, init=False)
+    # a fast tokenizer rewrites its padding/truncation state when a call asks for other settings than
+    # the last, and two threads doing that at once fail ("Already borrowed"); the service encodes from
+    # two threads, and tokenizing is ~0.1 ms of a pass, so it is serialized rather than reasoned about
+    _tokenizing: threading.Lock = field(default_factory=threading.Lock, repr=False, init=False)
 
     @classmethod
     def load(cls, path: Path | str | None = None, max_length: int = MAX_LENGTH,
@@ -110,8 +115,9 @@ class Encoder:
         return self._embed(self.model, texts)
 
     def _embed(self, model: torch.nn.Module, texts: Sequence[str]) -> torch.Tensor:
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
+        with self._tokenizing:
+            batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                                   return_tensors="pt")
         hidden = model(**batch).last_hidden_state.float()  # (B, T, H); pooled in float32 at any precision
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, H)
