@@ -135,6 +135,24 @@ def test_cascade_escalates_exactly_where_stage_one_is_unsure(run):
     assert np.allclose(v1.loc[~stage2, "expected_grade"], v2.loc[~stage2, "expected_grade"])
 
 
+def test_tau_depends_on_the_cost_setting_not_on_this_run_s_clock(run):
+    """A busy machine measures other CPU costs; with the ratio fixed, tau (and the labels) stay."""
+    from pipelines.teacher.cascade import CascadeConfig, Teacher
+
+    ctx, _ = run
+    teacher_dir = ctx.work_dir / "teacher"
+    held = pd.read_parquet(teacher_dir / "calib_predictions.parquet")
+    taus = {}
+    for slow in (1.0, 3.0):  # stage 1 measured three times dearer, as beside another job
+        teacher = Teacher.load(teacher_dir)
+        teacher.meta["cost1_cpu_per_pair"] *= slow
+        for ratio in (0.135, None):
+            teacher.calibrate(held, CascadeConfig(cost_ratio=ratio))
+            taus[slow, ratio] = (teacher.tau, teacher.meta["cost_ratio_used"])
+    assert taus[1.0, 0.135] == taus[3.0, 0.135] and taus[1.0, 0.135][1] == 0.135
+    assert taus[3.0, None][1] == pytest.approx(3 * taus[1.0, None][1])  # None: the measurement is used
+
+
 def test_human_grades_are_copied_for_training_queries_only(run):
     ctx, df = run
     queries = ctx.lake.read("queries").set_index("query_id")

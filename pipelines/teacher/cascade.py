@@ -18,7 +18,11 @@ escalation share (at least `min_share`) of those queries' judged pairs whose cos
 
     cost(share) = (c1 + share x ce) / (c1 + ce)
 
-with c1, ce the CPU seconds per pair of stage 1 and of the cross-encoder. Stage 2 "everywhere" costs
+with c1, ce the CPU seconds per pair of stage 1 and of the cross-encoder. Only their ratio matters,
+and it is a setting (`cost_ratio`, measured once on Home Depot on a quiet machine), not this run's
+clock: measured during a build, it moved with the machine's load and tau with it (0.565 quiet, 0.559
+beside other jobs), and labels must depend on the data and the seed alone. Each run still records
+its measured costs in teacher.json, and the report measures the cost share. Stage 2 "everywhere" costs
 c1 + ce, because stage 2 reads stage 1's output: its probabilities are the cross-encoder's pooled
 with stage 1's (grades.blend, weight `stage1_weight`); the two disagree enough (correlation ~0.67)
 that the pool ranks better than either alone, and the cascade pays for stage 1 on every pair anyway.
@@ -64,6 +68,9 @@ class CascadeConfig:
                              metadata={"help": "escalate at least this share (tests exercise stage 2)"})
     max_pairs: int | None = field(default=None,
                                   metadata={"help": "cap on pairs escalated per run (time budget)"})
+    cost_ratio: float | None = field(default=0.135, metadata={
+        "help": "stage 1's CPU cost per pair / the cross-encoder's (Home Depot, quiet 2-core machine: "
+                "0.82 / 6.09 ms); None = this run's measurement"})
 
 
 def escalate(conf1: np.ndarray, tau: float) -> np.ndarray:
@@ -203,10 +210,13 @@ class Teacher:
         raw1, ce = (held[[f"{p}{g}" for g in range(4)]].to_numpy() for p in ("raw1_", "ce_"))
         raw2 = blend(ce, raw1, self.meta["config"]["stage1_weight"])
         self.calib1, self.calib2, self.calib_ce = (GradeCalibrator.fit(r, grades) for r in (raw1, raw2, ce))
-        cost1, cost_ce = self.meta["cost1_cpu_per_pair"], self.meta["cost_ce_cpu_per_pair"]
+        ratio = cascade.cost_ratio
+        if ratio is None:
+            ratio = self.meta["cost1_cpu_per_pair"] / self.meta["cost_ce_cpu_per_pair"]
         self.tau, curve = choose_tau(held, self.calib1.transform(raw1), raw1, self.calib2.transform(raw2),
-                                     raw2, cost1, cost_ce, cascade)
-        self.meta.update(cascade=asdict(cascade), tau=self.tau, tau_curve=curve.to_dict("records"))
+                                     raw2, ratio, 1.0, cascade)
+        self.meta.update(cascade=asdict(cascade), cost_ratio_used=ratio, tau=self.tau,
+                         tau_curve=curve.to_dict("records"))
         return curve
 
     def label(self, pairs: pd.DataFrame, scorer: PairScorer, max_pairs: int | None = None) -> dict:
@@ -331,5 +341,6 @@ def fit_teacher(pairs: pd.DataFrame, negatives: pd.Index, scorer: PairScorer, ou
     teacher.save(out_dir)
     cost1, cost_ce = teacher.meta["cost1_cpu_per_pair"], teacher.meta["cost_ce_cpu_per_pair"]
     console.print(f"teacher: tau = {teacher.tau:.3f} (escalates {curve['share'].iloc[-1]:.0%} of calib "
-                  f"pairs); CPU s per 1k pairs: stage 1 {cost1 * 1e3:.2f}, cross-encoder {cost_ce * 1e3:.2f}")
+                  f"pairs at cost ratio {teacher.meta['cost_ratio_used']:.3f}); measured CPU s per 1k pairs: "
+                  f"stage 1 {cost1 * 1e3:.2f}, cross-encoder {cost_ce * 1e3:.2f}")
     return teacher
