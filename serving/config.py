@@ -94,14 +94,16 @@ def _read_file(path: Path) -> dict:
 
 
 def _convert(name: str, value: object, annotation: str) -> object:
-    """Typed value from YAML or an environment string, naming the setting when it cannot be."""
+    """Typed value from YAML or an environment string, naming the setting when it cannot be.
+    Every number here is a count or a timeout, so it must be positive."""
     try:
         if "Path" in annotation:
             return Path(str(value))
-        if annotation == "int":
-            return int(value)
-        if annotation == "float":
-            return float(value)
+        if annotation in ("int", "float"):
+            number = int(value) if annotation == "int" else float(value)
+            if not number > 0:
+                raise ValueError(number)
+            return number
         return str(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"setting {name} = {value!r}: expected {annotation}") from exc
+        raise ConfigError(f"setting {name} = {value!r}: expected {annotation} > 0") from exc

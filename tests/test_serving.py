@@ -274,6 +274,9 @@ def test_serve_config_file_then_environment(tmp_path):
         ServeConfig.load({"UNISUP_SERVE_CONFIG": str(path)})
     with pytest.raises(ConfigError, match="torch_threads"):
         ServeConfig.load({"UNISUP_TORCH_THREADS": "many"})
+    for key, bad in (("UNISUP_LANES", "0"), ("UNISUP_WORKERS", "-1"), ("UNISUP_ONLINE_TIMEOUT", "0")):
+        with pytest.raises(ConfigError, match=f"{key[7:].lower()} = '{bad}': expected .* > 0"):
+            ServeConfig.load({key: bad})
     with pytest.raises(ConfigError, match="expected 'sqlite' or"):
         ServeConfig.load({"UNISUP_ONLINE": "memcached://x"}).workspace_obj()
 
