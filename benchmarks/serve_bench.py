@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import PrivateRedis, free_port, latency_summary, machine, print_table, write_json
 from benchmarks.bench_materialize import feature_columns
+from serving.config import ServeConfig
 from serving.process import ServiceProcess
 
 warnings.filterwarnings("ignore")  # Feast's experimental-ODFV and ibis deprecation notices
@@ -228,9 +229,11 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=54_000, help="catalog size (Home Depot: ~54k)")
     ap.add_argument("--queries", type=int, default=1000, help="lake queries; requests cycle through them")
     ap.add_argument("--index-kind", default="flat", help="flat (exact, default) | hnsw (recall@100 reported)")
-    ap.add_argument("--torch-threads", type=int, default=1, help="encoder threads per server process")
-    ap.add_argument("--workers", type=int, default=2, help="server processes (UNISUP_WORKERS)")
-    ap.add_argument("--lanes", type=int, default=2, help="concurrent batches per process (UNISUP_LANES)")
+    ap.add_argument("--torch-threads", type=int, default=ServeConfig.torch_threads,
+                    help="encoder threads per server process (UNISUP_TORCH_THREADS)")
+    ap.add_argument("--workers", type=int, default=ServeConfig.workers, help="server processes (UNISUP_WORKERS)")
+    ap.add_argument("--lanes", type=int, default=ServeConfig.lanes,
+                    help="concurrent batches per process (UNISUP_LANES)")
     ap.add_argument("--lookups", type=int, default=500, help="timed calls per lookup path")
     ap.add_argument("--soak-minutes", type=float, default=0, help="opt-in soak at concurrency 8 (e.g. 10)")
     ap.add_argument("--seed", type=int, default=0)

@@ -120,8 +120,7 @@ def rerank_ndcg(pairs: pd.DataFrame, score: np.ndarray, judgments: pd.DataFrame)
 
 
 def choose_tau(pairs: pd.DataFrame, cal1: np.ndarray, raw1: np.ndarray, cal2: np.ndarray,
-               raw2: np.ndarray, cost1: float, cost_ce: float,
-               config: CascadeConfig) -> tuple[float, pd.DataFrame]:
+               raw2: np.ndarray, cost_ratio: float, config: CascadeConfig) -> tuple[float, pd.DataFrame]:
     """tau by the rule in the module docstring, plus the share -> NDCG@10 / cost curve.
 
     pairs (query_id, item_id, relevance) are the calibration queries' judged pairs, rows aligned
@@ -131,7 +130,7 @@ def choose_tau(pairs: pd.DataFrame, cal1: np.ndarray, raw1: np.ndarray, cal2: np
     full = rerank_ndcg(pairs, s2, pairs)
     rows = []
     for share in np.arange(0.0, 1.0 + 1e-9, config.share_step):
-        cost = (cost1 + share * cost_ce) / (cost1 + cost_ce)
+        cost = (cost_ratio + share) / (cost_ratio + 1.0)  # cost(share) above, divided through by ce
         if cost > config.max_cost_share + 1e-9 and share > config.min_share + 1e-9:
             break
         tau = tau_for_share(conf1, share)
@@ -214,7 +213,7 @@ class Teacher:
         if ratio is None:
             ratio = self.meta["cost1_cpu_per_pair"] / self.meta["cost_ce_cpu_per_pair"]
         self.tau, curve = choose_tau(held, self.calib1.transform(raw1), raw1, self.calib2.transform(raw2),
-                                     raw2, ratio, 1.0, cascade)
+                                     raw2, ratio, cascade)
         self.meta.update(cascade=asdict(cascade), cost_ratio_used=ratio, tau=self.tau,
                          tau_curve=curve.to_dict("records"))
         return curve
