@@ -32,7 +32,8 @@ bench: setup
 	$(BIN)/python benchmarks/serve_bench.py
 
 lint: setup
-	$(BIN)/ruff check pipelines serving tests benchmarks feature_repo
+	$(BIN)/ruff check pipelines serving tests benchmarks feature_repo examples
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf workspace .pytest_cache .hypothesis

@@ -1,22 +1,7 @@
-"""Entities: what a feature is about. Pair views are keyed by both, (query_id, item_id)."""
+"""Entities: what a feature is about. Pair views are keyed by both, (query_id, item_id).
 
-from feast import Entity, ValueType
+Declared in pipelines/signals/entities.py beside the signals that key on them; registered here."""
 
-# A search query, keyed by pipelines.text.query_id (hash of the normalized text).
-query = Entity(
-    name="query",
-    join_keys=["query_id"],
-    value_type=ValueType.STRING,
-    description="A search query; query_id = first 16 hex of sha256(normalized text).",
-)
+from pipelines.signals.entities import item, query
 
-# A catalog item, keyed by the catalog's own id (Home Depot: product_uid).
-item = Entity(
-    name="item",
-    join_keys=["item_id"],
-    value_type=ValueType.STRING,
-    description="A catalog item; item_id is the catalog's product id.",
-)
-
-# The (query, item) pair key: Feast forms it from both entities of a pair view.
-PAIR = [query, item]
+__all__ = ["item", "query"]

@@ -4,12 +4,15 @@ lives in plain functions elsewhere in `pipelines`, which the commands call."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import MISSING, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import typer
@@ -17,7 +20,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipelines.workspace import HOMEDEPOT, ConfigError, Workspace
+from pipelines.evaluation.ab import ABConfig
+from pipelines.evaluation.offline import EvalConfig
+from pipelines.index.build import IndexConfig
+from pipelines.settings import Settings
+from pipelines.training.config import DataConfig, TargetConfig, TrainConfig
+from pipelines.workspace import HOMEDEPOT, PROJECT_ROOT, ConfigError, Workspace
 
 MODEL_NAMES = "bm25 | char | rrf | rrf:VERSION | an encoder version"  # pipelines.evaluation.run's names
 
@@ -36,6 +44,19 @@ app.add_typer(dataset_app, name="dataset")
 console = Console(stderr=True)
 
 
+def setting(name: str) -> Any:
+    """A global option for one field of the settings model: its help from there, None = not given."""
+    info = Settings.model_fields[name]
+    return typer.Option(None, help=f"{info.description} [env UNISUP_{name.upper()}]")
+
+
+def option(config: type, name: str, *flags: str) -> Any:
+    """A command option whose default and help come from a config dataclass field, stated once there."""
+    spec = next(f for f in fields(config) if f.name == name)
+    default = spec.default if spec.default is not MISSING else spec.default_factory()
+    return typer.Option(default, *flags, help=spec.metadata.get("help", ""))
+
+
 def today() -> pd.Timestamp:
     """Default as-of time: midnight UTC today, so a day's reruns stamp identical rows."""
     return pd.Timestamp(datetime.now(UTC).date(), tz="UTC")
@@ -44,25 +65,26 @@ def today() -> pd.Timestamp:
 @app.callback()
 def main(
     ctx: typer.Context,
-    workspace: Path | None = typer.Option(None, help="Workspace dir [env UNISUP_WORKSPACE; ./workspace]"),
-    online: str | None = typer.Option(None, help="'sqlite' or redis://HOST:PORT/DB [env UNISUP_ONLINE]"),
-    repo: Path | None = typer.Option(None, help="Feature repo dir [env UNISUP_REPO; ./feature_repo]"),
+    workspace: Path | None = setting("workspace"),
+    online: str | None = setting("online"),
+    repo: Path | None = setting("repo"),
+    threads: int | None = setting("threads"),
 ) -> None:
     with friendly_errors():
-        ctx.obj = Workspace.from_env(workspace, online, repo)
+        ctx.obj = Settings.load(workspace=workspace, online=online, repo=repo, threads=threads)
 
 
 @contextmanager
 def friendly_errors() -> Iterator[None]:
     """Known bad-input errors become one red line and exit code 2, never a traceback."""
     from pipelines.features.dataset import EntityFileError
+    from pipelines.features.produce import SignalTableError
+    from pipelines.features.repo import UnknownSignal
     from pipelines.ingest.errors import IngestError
-    from pipelines.signals.build import SignalTableError
 
     try:
         yield
-    except (ConfigError, IngestError, EntityFileError, SignalTableError, FileNotFoundError,
-            KeyError) as exc:
+    except (ConfigError, IngestError, EntityFileError, SignalTableError, UnknownSignal, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
@@ -82,7 +104,7 @@ def ingest_homedepot_cmd(
     """Read Home Depot judgments (+ catalog) into the lake; bad rows go to lake/rejects/."""
     from pipelines.ingest.homedepot import ingest_homedepot
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     with friendly_errors(), console.status("ingesting Home Depot files"):
         products = products if products and products.exists() else None
         report = ingest_homedepot(judgments, products, ws.lake, _as_of(as_of), encoding=encoding)
@@ -106,7 +128,7 @@ def ingest_synthetic_cmd(
     """Write a seeded synthetic catalog, queries and graded judgments in the lake's schema."""
     from pipelines.ingest.synthetic import generate_synthetic
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     report = generate_synthetic(ws.lake, n_items=items, n_queries=queries, seed=seed,
                                 as_of=_as_of(as_of), progress=True)
     console.print(f"lake: {ws.lake.root}  {report}")
@@ -121,10 +143,10 @@ def signals_build_cmd(
     as_of: str | None = typer.Option(None, help="Snapshot time of the run (default: today)"),
 ) -> None:
     """Run every registered producer and write its table where its feature view reads it."""
-    from pipelines.signals.build import build_signals
+    from pipelines.features.produce import build_signals
     from pipelines.signals.spec import SignalContext
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     sctx = SignalContext(lake=ws.lake, as_of=_as_of(as_of), seed=seed, quick=quick,
                          work_dir=ws.cache_dir)
     with friendly_errors(), console.status("producing signals") as status:
@@ -143,11 +165,11 @@ def signals_report_cmd(
     """Teacher quality, calibration and cost on the dev split (stage 1, stage 2 everywhere, cascade)."""
     import torch
 
-    from pipelines.teacher.report import print_report, teacher_report
+    from pipelines.evaluation.teacher_report import print_report, teacher_report
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     out = out or ws.root / "reports" / "teacher.json"
-    torch.set_num_threads(2)
+    torch.set_num_threads(ctx.obj.threads)
     with friendly_errors():
         report = teacher_report(ws.lake, ws.cache_dir, quick=quick, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +183,7 @@ def apply_cmd(ctx: typer.Context) -> None:
     """Register the feature repo's entities, views and services in the workspace registry."""
     from pipelines.features.repo import apply
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     with friendly_errors(), console.status("feast apply"):
         contents = apply(ws)
     console.print(f"applied {len(contents.views)} views, {len(contents.on_demand_views)} on-demand, "
@@ -177,7 +199,7 @@ def materialize_cmd(
     """Load the latest feature values into the online store (incremental by default)."""
     from pipelines.features.materialize import materialize
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     end_ts = pd.Timestamp(end, tz="UTC").to_pydatetime() if end else None
     with friendly_errors():
         report = materialize(ws, incremental=not full, end=end_ts)
@@ -196,7 +218,7 @@ def dataset_build_cmd(
     """Point-in-time join of a FeatureService onto entity rows, with lineage."""
     from pipelines.features.dataset import build_dataset
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     with friendly_errors(), console.status(f"building point-in-time set from {service!r}"):
         result = build_dataset(ws, entities, out, service=service, engine=engine)
     nulls = {k: v for k, v in result.lineage["null_rate"].items() if v > 0}
@@ -215,7 +237,7 @@ def dataset_entities_cmd(
     """Sample entity rows (pairs from the signal tables, event times in a window) for a demo set."""
     from pipelines.features.entities import sample_entities
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     with friendly_errors():
         df = sample_entities(ws, n=n, seed=seed, days=days)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -226,33 +248,34 @@ def dataset_entities_cmd(
 @app.command("train")
 def train_cmd(
     ctx: typer.Context,
-    target: str = typer.Option("unified", help="unified | engagement | human | teacher (ablations)"),
+    target: str = option(TargetConfig, "kind", "--target"),
     quick: bool = typer.Option(False, help="A few dozen queries, short lists (tests and CI)"),
-    epochs: int | None = typer.Option(None, help="Override the profile's epochs"),
-    max_queries: int | None = typer.Option(None, help="Cap the training queries (seeded sample)"),
+    epochs: int | None = typer.Option(None, help="Passes over the training queries [the profile's]"),
+    max_queries: int | None = option(DataConfig, "max_queries"),
     name: str | None = typer.Option(None, help="Model version name (default: hash of lineage + weights)"),
-    seed: int = typer.Option(0),
+    seed: int = option(TrainConfig, "seed"),
     as_of: str | None = typer.Option(None, help="Event time of the training set's rows (default: today)"),
-    threads: int | None = typer.Option(None, help="torch threads (default 2; 1 each lets two runs share 2 cores)"),
 ) -> None:
     """Distil the unified target (or an ablation's) into a MiniLM bi-encoder; register the version."""
-    from dataclasses import replace
-
-    from pipelines.training.config import TargetConfig, TrainConfig
     from pipelines.training.train import train
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     with friendly_errors():
-        config = TrainConfig.quick(kind=target, seed=seed) if quick else TrainConfig(
-            target=TargetConfig(kind=target), seed=seed)
-        if epochs is not None:
-            config = replace(config, epochs=epochs)
-        if max_queries is not None:
-            config = replace(config, data=replace(config.data, max_queries=max_queries))
-        if threads is not None:
-            config = replace(config, threads=threads)
+        config = train_config(target, quick, epochs, max_queries, seed, ctx.obj.threads)
         result = train(ws, config, as_of=_as_of(as_of), name=name, console=console)
     print(json.dumps({"version": result.model.version, "path": str(result.model.path), **result.stats}))
+
+
+def train_config(target: str, quick: bool, epochs: int | None, max_queries: int | None, seed: int,
+                 threads: int) -> TrainConfig:
+    """The profile (full or quick) with the command line's overrides applied."""
+    config = TrainConfig.quick(kind=target, seed=seed) if quick else TrainConfig(target=TargetConfig(kind=target),
+                                                                                 seed=seed)
+    if epochs is not None:
+        config = replace(config, epochs=epochs)
+    if max_queries is not None:
+        config = replace(config, data=replace(config.data, max_queries=max_queries))
+    return replace(config, threads=threads)
 
 
 @app.command("consistency")
@@ -265,7 +288,7 @@ def consistency_cmd(
     """Compare offline (as of now) and online values for sampled keys; exit 1 on any mismatch."""
     from pipelines.features.consistency import check_consistency
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     with friendly_errors(), console.status("comparing offline and online stores"):
         report = check_consistency(ws, n=n, seed=seed, service=service)
     if report.ok:
@@ -298,17 +321,17 @@ def index_errors() -> Iterator[None]:
 @index_app.command("build")
 def index_build_cmd(
     ctx: typer.Context,
-    model: str | None = typer.Option(None, help="Model version [newest trained, else minilm-l6-v2]"),
-    kind: str = typer.Option("flat", help="flat (exact inner product) | hnsw (approximate; recall@100 reported)"),
-    hnsw_m: int = typer.Option(32, help="HNSW graph degree"),
-    ef_construction: int = typer.Option(200, help="HNSW build beam"),
-    ef_search: int = typer.Option(256, help="HNSW query beam, stored with the index"),
+    model: str | None = option(IndexConfig, "model"),
+    kind: str = option(IndexConfig, "kind"),
+    hnsw_m: int = option(IndexConfig, "hnsw_m"),
+    ef_construction: int = option(IndexConfig, "ef_construction"),
+    ef_search: int = option(IndexConfig, "ef_search"),
     blend: bool = typer.Option(True, help="Also fit the blend weights (needs `unisup apply`)"),
 ) -> None:
     """Encode the catalog with a model version and write index, item map and manifest."""
-    from pipelines.index.build import IndexConfig, build_index
+    from pipelines.index.build import build_index
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     with friendly_errors(), known_models(), index_errors():
         config = IndexConfig(model=model, kind=kind, hnsw_m=hnsw_m, ef_construction=ef_construction,
                              ef_search=ef_search)
@@ -329,7 +352,7 @@ def index_blend_cmd(
     """Fit the blend of model score and retriever_online features; writes blend.json in the index dir."""
     from pipelines.index.store import find_index
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     with friendly_errors():
         index = index or find_index(ws.indexes_dir)
     fit_and_show_blend(ws, index, as_of=pd.Timestamp(as_of, tz="UTC") if as_of else None)
@@ -354,30 +377,26 @@ def fit_and_show_blend(ws: Workspace, index: Path, as_of: pd.Timestamp | None) -
 @app.command("serve")
 def serve_cmd(
     ctx: typer.Context,
-    index: Path | None = typer.Option(None, help="Index dir [env UNISUP_INDEX; newest in WORKSPACE/indexes]"),
-    model_dir: Path | None = typer.Option(None, help="Model dir [env UNISUP_MODEL_DIR; the index's model]"),
-    config: Path | None = typer.Option(None, help="YAML settings file [env UNISUP_SERVE_CONFIG]"),
+    index: Path | None = setting("index"),
+    model_dir: Path | None = setting("model_dir"),
     host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless you mean otherwise)"),
     port: int = typer.Option(3000),
 ) -> None:
-    """Start the BentoML retriever (serving/service.py); same as `bentoml serve serving.service:Retriever`."""
-    import os
+    """Start the BentoML retriever (serving/service.py); same as `bentoml serve serving.service:RetrieverService`
+    with the settings in the environment."""
+    from pipelines.index.store import check_servable
 
-    from pipelines.workspace import PROJECT_ROOT
-    from serving.config import ServeConfig
-
-    ws: Workspace = ctx.obj
-    env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, "UNISUP_WORKSPACE": str(ws.root),
-           "UNISUP_ONLINE": ws.online, "UNISUP_REPO": str(ws.repo_dir)}
-    for key, value in (("UNISUP_INDEX", index), ("UNISUP_MODEL_DIR", model_dir), ("UNISUP_SERVE_CONFIG", config)):
-        if value is not None:
-            env[key] = str(value.resolve())
-    with friendly_errors():  # the settings the service will read, checked here for a one-line error
-        settings = ServeConfig.load(env)
-        manifest = settings.check()
+    with friendly_errors():  # what the service will load, checked here for a one-line error
+        settings = ctx.obj.model_copy(update={"index": index and index.resolve(),
+                                              "model_dir": model_dir and model_dir.resolve()})
+        settings = Settings.load(**settings.model_dump())
+        ws = settings.as_workspace()
+        manifest = check_servable(ws, settings.index)
+    env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ,
+           **settings.model_copy(update={"workspace": ws.root, "repo": ws.repo_dir}).environment()}
     console.print(f"serving index {manifest.index_version} (model {manifest.model_version}) "
                   f"with features from {settings.online} on http://{host}:{port}")
-    os.execve(sys.executable, [sys.executable, "-m", "bentoml", "serve", "serving.service:Retriever",
+    os.execve(sys.executable, [sys.executable, "-m", "bentoml", "serve", "serving.service:RetrieverService",
                                "--host", host, "--port", str(port), "--working-dir", str(PROJECT_ROOT)], env)
 
 
@@ -391,7 +410,7 @@ def demo_cmd(
     from pipelines.demo import run_demo
 
     with friendly_errors():
-        ok = run_demo(ctx.obj, console, quick=quick, synthetic=synthetic or not HOMEDEPOT.exists())
+        ok = run_demo(ctx.obj.as_workspace(), console, quick=quick, synthetic=synthetic or not HOMEDEPOT.exists())
     raise typer.Exit(0 if ok else 1)
 
 
@@ -414,14 +433,14 @@ def eval_cmd(
     split: str | None = typer.Option(None, help="Score the lake's own split instead (dev: held out)"),
     model: list[str] | None = typer.Option(None, help=f"{MODEL_NAMES} (repeatable; default: bm25 and minilm-l6-v2)"),
     out: Path | None = typer.Option(None, help="Output dir [WORKSPACE/reports/eval-<file stem or split>]"),
-    encoding: str = typer.Option("auto", help="auto | utf-8 | iso-8859-1 (judgments file)"),
+    encoding: str = option(EvalConfig, "encoding"),
 ) -> None:
     """Top-100 from the whole catalog per judged query, scored per model and frequency bucket."""
-    from pipelines.evaluation.metrics import METRICS
-    from pipelines.evaluation.offline import EvalConfig, default_out, evaluate_models
+    from pipelines.evaluation.offline import default_out, evaluate_models
     from pipelines.evaluation.report import LABELS
+    from pipelines.metrics import METRICS
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     with friendly_errors(), known_models():
         if (judgments is None) == (split is None):
             raise ConfigError("give exactly one of --judgments FILE and --split NAME")
@@ -443,19 +462,19 @@ def eval_cmd(
 @app.command("ab")
 def ab_cmd(
     ctx: typer.Context,
-    a: str = typer.Option(..., help=f"Model shown to arm A ({MODEL_NAMES})"),
-    b: str = typer.Option(..., help="Model shown to arm B"),
-    split: str = typer.Option("dev", help="Lake split whose judged queries make the traffic"),
-    impressions: int = typer.Option(100_000, help="Expected searches per arm"),
-    days: int = typer.Option(14, help="Simulated days"),
-    seed: int = typer.Option(0, help="Seed of traffic, clicks and bootstrap (same for both arms)"),
-    resamples: int = typer.Option(2000, help="Bootstrap resamples of queries"),
+    a: str = option(ABConfig, "a"),
+    b: str = option(ABConfig, "b"),
+    split: str = option(ABConfig, "split"),
+    impressions: int = option(ABConfig, "impressions"),
+    days: int = option(ABConfig, "days"),
+    seed: int = option(ABConfig, "seed"),
+    resamples: int = option(ABConfig, "resamples"),
     out: Path | None = typer.Option(None, help="Output dir [WORKSPACE/reports/ab-A-vs-B-SPLIT]"),
 ) -> None:
     """Replay the click simulator with ranker A vs ranker B: CTR, orders, irrelevant share, 95% CIs."""
-    from pipelines.evaluation.ab import ABConfig, default_out, run_ab
+    from pipelines.evaluation.ab import default_out, run_ab
 
-    ws: Workspace = ctx.obj
+    ws: Workspace = ctx.obj.as_workspace()
     config = ABConfig(a=a, b=b, split=split, impressions=impressions, days=days, seed=seed, resamples=resamples)
     out = out or default_out(ws, config)
     with friendly_errors(), known_models():

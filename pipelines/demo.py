@@ -20,8 +20,8 @@ def run_demo(ws: Workspace, console: Console, quick: bool = False, synthetic: bo
     from pipelines.features.entities import sample_entities
     from pipelines.features.materialize import materialize
     from pipelines.features.online import OnlineFeatures
+    from pipelines.features.produce import build_signals
     from pipelines.features.repo import apply
-    from pipelines.signals.build import build_signals
     from pipelines.signals.spec import SignalContext
 
     as_of = pd.Timestamp.now(tz="UTC").normalize()

@@ -8,13 +8,12 @@ SQLite online store and built datasets. Any Feast client can open it with
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import yaml
 from feast import RepoConfig
+from redis.connection import parse_url
 
 from pipelines.lake import Lake
 
@@ -30,36 +29,29 @@ class ConfigError(ValueError):
 
 
 def online_store_config(online: str, root: Path) -> dict:
-    """Feast online_store block from 'sqlite' or 'redis://HOST:PORT[/DB]'."""
+    """Feast online_store block from 'sqlite' or 'redis://[:PASSWORD@]HOST[:PORT][/DB]' (parsed by redis-py)."""
     if online == "sqlite":
         return {"type": "sqlite", "path": str(root / "online.db")}
-    url = urlparse(online)
-    if url.scheme != "redis" or not url.hostname:
+    try:
+        url = parse_url(online) if online.startswith("redis://") else {}
+    except ValueError as exc:
+        raise ConfigError(f"online store {online!r}: {exc}") from None
+    if "host" not in url:
         raise ConfigError(f"online store {online!r}: expected 'sqlite' or 'redis://HOST:PORT[/DB]'")
-    db = int(url.path.strip("/") or 0)
-    conn = f"{url.hostname}:{url.port or 6379},db={db}"
-    if url.password:
-        conn += f",password={url.password}"
+    conn = f"{url['host']}:{url.get('port', 6379)},db={url.get('db', 0)}"  # Feast's connection-string form
+    if url.get("password"):
+        conn += f",password={url['password']}"
     return {"type": "redis", "connection_string": conn}
 
 
 @dataclass(frozen=True)
 class Workspace:
-    """Paths and online-store choice of one deployment; see the module docstring."""
+    """Paths and online-store choice of one deployment; see the module docstring. Built from the
+    settings (pipelines.settings.Settings.as_workspace) by the CLI and the service."""
 
     root: Path
     online: str = "sqlite"
     repo_dir: Path = DEFAULT_REPO
-
-    @classmethod
-    def from_env(cls, root: str | Path | None = None, online: str | None = None,
-                 repo_dir: str | Path | None = None) -> Workspace:
-        """Flags win over UNISUP_WORKSPACE / UNISUP_ONLINE / UNISUP_REPO, which win over defaults."""
-        root = Path(root or os.environ.get("UNISUP_WORKSPACE", "workspace")).resolve()
-        online = online or os.environ.get("UNISUP_ONLINE", "sqlite")
-        repo_dir = Path(repo_dir or os.environ.get("UNISUP_REPO", DEFAULT_REPO)).resolve()
-        online_store_config(online, root)  # validate early, with the offending value in the message
-        return cls(root=root, online=online, repo_dir=repo_dir)
 
     @property
     def lake(self) -> Lake:

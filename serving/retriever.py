@@ -29,9 +29,9 @@ from redis.retry import Retry
 from pipelines.features.dataset import definitions_hash
 from pipelines.features.online import OnlineFeatures
 from pipelines.index.blend import Blend
-from pipelines.index.store import load_encoder, load_index, search
+from pipelines.index.store import find_index, load_encoder, load_index, search
+from pipelines.settings import Settings
 from pipelines.text import normalize_query, query_id
-from serving.config import ServeConfig
 from serving.schema import Hit, RetrieveResponse, Versions
 
 logger = logging.getLogger("unisup.serving")
@@ -82,20 +82,21 @@ class OnlineHealth:
                          "degraded=true", type(error).__name__, error)
 
 
-class Retriever:
+class LoadedRetriever:
     """Encoder, index, blend and online-feature client of one deployment, loaded once."""
 
-    def __init__(self, config: ServeConfig):
-        ws = config.workspace_obj()
-        self.loaded = load_index(config.index_dir())
+    def __init__(self, settings: Settings):
+        ws = settings.as_workspace()
+        self.loaded = load_index(settings.index or find_index(ws.indexes_dir))
         manifest = self.loaded.manifest
-        self.encoder = load_encoder(manifest, ws.models_dir, config.model_dir, threads=config.torch_threads)
-        faiss.omp_set_num_threads(config.torch_threads)  # the encoder's share of the cores, not all of them
+        threads = settings.encoder_threads
+        self.encoder = load_encoder(manifest, ws.models_dir, settings.model_dir, threads=threads)
+        faiss.omp_set_num_threads(threads)  # the encoder's share of the cores, not all of them
         self.blend = Blend.load(self.loaded.path)
         self.online = OnlineFeatures(ws, service=manifest.feature_service)
         if self.online.reader is not None:  # fail fast: no hanging on a dead socket, no retries with backoff
             self.online.reader.client.connection_pool.connection_kwargs.update(
-                socket_timeout=config.online_timeout, socket_connect_timeout=config.online_timeout,
+                socket_timeout=settings.online_timeout, socket_connect_timeout=settings.online_timeout,
                 retry=Retry(NoBackoff(), 0))
         self.health = OnlineHealth()
         self.versions = Versions(

@@ -1,6 +1,6 @@
-"""The retriever as a BentoML service: `bentoml serve serving.service:Retriever` or `unisup serve`.
+"""The retriever as a BentoML service: `bentoml serve serving.service:RetrieverService` or `unisup serve`.
 
-Settings come from serving/config.py (file or UNISUP_* environment); the work is in
+Settings come from pipelines/settings.py (UNISUP_* environment or the UNISUP_CONFIG file); the work is in
 serving/retriever.py. Concurrent /retrieve requests share one encoder forward pass and one index
 scan through an in-process adaptive batcher (serving/batcher.py). Stage times go back in a
 Server-Timing header (queue: waiting for a batch to start), the size of the batch a request rode in
@@ -17,15 +17,14 @@ import bentoml
 import numpy as np
 from fastapi import FastAPI
 
+from pipelines.settings import Settings
 from pipelines.text import normalize_query
-from serving.config import ServeConfig
 from serving.limits import RequestLimits
 from serving.schema import DEFAULT_K, EXAMPLE_QUERY, MAX_BATCH, EncodeTexts, RetrieveRequest, RetrieveResponse
 
 with bentoml.importing():
     from serving.batcher import MicroBatcher
-    from serving.retriever import Retriever as RetrieverCore
-    from serving.retriever import Timings
+    from serving.retriever import LoadedRetriever, Timings
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")  # no usage analytics: nothing leaves loopback
 info = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # GET routes beside BentoML's POST APIs
@@ -34,19 +33,19 @@ info = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # GET routes be
 @bentoml.service(
     name="unisup_retriever",
     http={"host": "127.0.0.1", "port": 3000},
-    workers=ServeConfig.load().workers,  # processes; each loads encoder and index once, its threads share them
+    workers=Settings.load().workers,  # processes; each loads encoder and index once, its threads share them
     traffic={"timeout": 30, "max_concurrency": 256},
 )
 @bentoml.asgi_app(info, path="/")
-class Retriever:
+class RetrieverService:
     """POST /retrieve, GET /metadata. /healthz, /livez and /readyz come with BentoML: ready once
     __init__ has loaded model, index and registry; a failing online store degrades answers
     (`degraded: true`) but never makes the service unready."""
 
     def __init__(self) -> None:
-        config = ServeConfig.load()
-        self.core = RetrieverCore(config)
-        self.batcher = MicroBatcher(self.core.find, max_batch=MAX_BATCH, lanes=config.lanes)
+        settings = Settings.load()
+        self.core = LoadedRetriever(settings)
+        self.batcher = MicroBatcher(self.core.find, max_batch=MAX_BATCH, lanes=settings.lanes)
 
     @bentoml.api
     def encode(self, texts: EncodeTexts) -> np.ndarray:
@@ -74,4 +73,4 @@ class Retriever:
         return self.core.metadata()
 
 
-Retriever.add_asgi_middleware(RequestLimits)
+RetrieverService.add_asgi_middleware(RequestLimits)

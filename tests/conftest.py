@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import redis
 
+from pipelines.signals.synthetic import teacher_labels as synthetic_teacher_labels
 from pipelines.workspace import DEFAULT_REPO, Workspace
 
 # Yesterday midnight: recent enough that no view's TTL has expired "as of now" (consistency
@@ -116,15 +117,15 @@ def make_workspace(tmp_path):
 # Plumbing tests (apply, materialize, datasets, online reads) swap the teacher cascade for the
 # synthetic producer of the same table: fitting a cross-encoder per workspace would triple the
 # suite's time and test nothing new there. tests/test_teacher.py runs the real producer.
-PLUMBING_PRODUCERS = {"teacher_labels": "pipelines.signals.synthetic:teacher_labels"}
+PLUMBING_PRODUCERS = {"teacher_labels": synthetic_teacher_labels}
 
 
 def prepare(ws: Workspace, seed: int = 0, items: int = 400, queries: int = 80) -> Workspace:
     """A small synthetic lake, every registered signal produced (quick profile, synthetic
     teacher), and the repo applied."""
+    from pipelines.features.produce import build_signals
     from pipelines.features.repo import apply
     from pipelines.ingest.synthetic import generate_synthetic
-    from pipelines.signals.build import build_signals
     from pipelines.signals.spec import SignalContext
 
     generate_synthetic(ws.lake, n_items=items, n_queries=queries, seed=seed, as_of=AS_OF)

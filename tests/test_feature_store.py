@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.features.consistency import check_consistency
-from pipelines.features.gate import RELEVANT_PROBABILITY
 from pipelines.features.materialize import materialize
 from pipelines.features.online import OnlineFeatures
 from pipelines.features.repo import feature_store
+from pipelines.signals.engagement_stats import RELEVANT_PROBABILITY
 
 from conftest import AS_OF
 

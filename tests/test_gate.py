@@ -8,7 +8,7 @@ import pandas as pd
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipelines.features.gate import RELEVANT_PROBABILITY, gated_engagement
+from pipelines.signals.engagement_stats import RELEVANT_PROBABILITY, gated_engagement
 
 maybe = lambda s: st.one_of(st.none(), s)  # noqa: E731 - a null or a value
 row = st.tuples(maybe(st.floats(0, 0.5)), maybe(st.floats(0, 0.5)), maybe(st.integers(0, 1000)),

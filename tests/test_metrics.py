@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.evaluation.metrics import METRICS, evaluate, ranked
+from pipelines.metrics import METRICS, evaluate, ranked
 
 
 def judgments(rows: list[tuple[str, str, float]]) -> pd.DataFrame:

@@ -10,8 +10,8 @@ import pandas as pd
 from pipelines.features.dataset import build_dataset
 from pipelines.features.materialize import materialize
 from pipelines.features.online import OnlineFeatures
+from pipelines.features.produce import build_signals
 from pipelines.features.repo import apply, feature_store
-from pipelines.signals.build import build_signals
 from pipelines.signals.spec import SignalContext
 
 from conftest import AS_OF, prepare

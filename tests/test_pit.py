@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from pipelines.features.dataset import build_dataset, feast_historical
 from pipelines.features.pit import PointInTimeError, historical_features
+from pipelines.features.produce import conform, view_schema
 from pipelines.features.repo import apply, feature_store
-from pipelines.signals.build import conform, table_path, view_schema
+from pipelines.signals.spec import table_path
 from pipelines.workspace import Workspace
 
 from conftest import AS_OF, copy_repo
@@ -38,7 +39,8 @@ def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("pit")
     ws = Workspace(root=root / "ws", repo_dir=copy_repo(root / "repo"))
     contents = apply(ws)
-    return ws, feature_store(ws), {s.name: s.view for s in contents.signals}
+    store = feature_store(ws)  # the registry's views: applied, so they know their join keys
+    return ws, store, {s.name: store.get_feature_view(s.name) for s in contents.signals}
 
 
 def write(repo, frames: dict[str, pd.DataFrame]) -> None:
@@ -56,7 +58,7 @@ def both(repo, entities: pd.DataFrame, service: str = "training") -> pd.DataFram
     gate), which Feast appends in set order: it changes with PYTHONHASHSEED from run to run."""
     ws, store, _ = repo
     fs = store.get_feature_service(service)
-    ours = historical_features(ws, store, fs, entities)
+    ours = historical_features(store, fs, entities)
     theirs = feast_historical(store, fs, entities)
     assert sorted(ours.columns) == sorted(theirs.columns)
     pd.testing.assert_frame_equal(ours, theirs[list(ours.columns)])
@@ -225,13 +227,13 @@ def test_feature_name_collision_raises_like_feast(tmp_path):
     with pytest.raises(FeatureNameCollisionError, match="clicks_30d"):
         feast_historical(store, store.get_feature_service("clash"), ents)
     with pytest.raises(FeatureNameCollisionError, match="clicks_30d"):
-        historical_features(ws, store, store.get_feature_service("clash"), ents)
+        historical_features(store, store.get_feature_service("clash"), ents)
 
 
 def test_missing_join_key_is_named(repo):
     ws, store, _ = repo
     with pytest.raises(PointInTimeError, match="item_id"):
-        historical_features(ws, store, store.get_feature_service("training"),
+        historical_features(store, store.get_feature_service("training"),
                             entity_rows([("q", "i", AS_OF)]).drop(columns="item_id"))
 
 
@@ -244,7 +246,7 @@ def test_sub_microsecond_event_times_refused_like_feast(repo):
     with pytest.raises(Exception, match="lose data"):  # pyarrow.ArrowInvalid inside Feast
         feast_historical(store, fs, ents)
     with pytest.raises(PointInTimeError, match="sub-microsecond"):
-        historical_features(ws, store, fs, ents)
+        historical_features(store, fs, ents)
     ents["event_timestamp"] -= pd.Timedelta(1, "ns")  # nanosecond dtype, whole microseconds: fine
     both(repo, ents)
 

@@ -3,7 +3,9 @@
 Feast is the oracle throughout: its protobuf conversion for encoders, its own Redis writer
 (`online_write_batch`, fed the way `feast materialize` feeds it) for write_view, `store.materialize`
 for materialize_redis and `get_online_features` for the reader. Databases are compared as raw
-keys, fields and values.
+keys, fields and values. These tests are the gate for upgrading Feast: the fast paths reproduce
+its Redis layout and call its private hooks (pipelines/compat.py), so compat.TESTED moves to a new
+Feast version only once they pass on it.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from hypothesis import strategies as st
 from pipelines.features import redis_wire as wire
 from pipelines.features.materialize import materialize
 from pipelines.features.online import OnlineFeatures
+from pipelines.features.produce import view_schema
 from pipelines.features.redis_fast import RedisFeatureReader, materialize_redis, write_view
 from pipelines.features.repo import apply, feature_store
-from pipelines.signals.build import table_path, view_schema
+from pipelines.signals.spec import table_path
 from pipelines.workspace import Workspace
 
 from conftest import AS_OF, prepare

@@ -173,7 +173,7 @@ def write_lake(root, catalog: pd.DataFrame, texts: list[str]) -> Lake:
 
 
 def test_retrieval_prior_table(catalog, encoder, dense_cache, tmp_path, monkeypatch):
-    from pipelines.signals import prior
+    from pipelines.signals import retrieval_prior as prior
 
     monkeypatch.setattr(retrieval, "shared_encoder", lambda *a, **k: encoder)  # load MiniLM once
     shutil.copytree(dense_cache, tmp_path / "work" / "retrieval")  # same model and catalog: a cache hit

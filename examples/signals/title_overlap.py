@@ -15,11 +15,10 @@ import pandas as pd
 from feast import FeatureView, Field
 from feast.types import Float32, Int64
 
-from pipelines.signals.spec import Signal, SignalContext
+from pipelines.signals.entities import PAIR
+from pipelines.signals.spec import Signal, SignalContext, signal_source
+from pipelines.signals.training import training_judgments, training_queries
 from pipelines.text import normalize_query
-
-from data_sources import signal_source
-from entities import PAIR
 
 # Share of query tokens found in the title, per judged (query, item) pair of training queries.
 title_overlap_fv = FeatureView(
@@ -38,12 +37,11 @@ title_overlap_fv = FeatureView(
 
 def produce(ctx: SignalContext) -> pd.DataFrame:
     """One row per judged pair of a training query, stamped at the run's as-of time."""
-    queries = ctx.lake.read("queries")
-    train = queries[queries["split"] == "train"].set_index("query_id")["query_norm"]
-    pairs = ctx.lake.read("judgments")[["query_id", "item_id"]]
-    pairs = pairs[pairs["query_id"].isin(train.index)]
+    queries = training_queries(ctx)
+    pairs = training_judgments(ctx, queries)
     titles = ctx.lake.read("items").set_index("item_id")["title"].map(normalize_query)
-    q, t = pairs["query_id"].map(train), pairs["item_id"].map(titles).fillna("")
+    q = pairs["query_id"].map(queries.set_index("query_id")["query_norm"])
+    t = pairs["item_id"].map(titles).fillna("")
     ratio = [len(set(a.split()) & set(b.split())) / max(len(a.split()), 1) for a, b in zip(q, t)]
     return pd.DataFrame({
         "query_id": pairs["query_id"], "item_id": pairs["item_id"],

@@ -1,1 +1,2 @@
-"""Evaluation: the one metric definition (metrics.py) every report, eval command and test reads."""
+"""Evaluation: `unisup eval` over any judgments file, the simulated A/B, the teacher report; all
+score with pipelines.metrics, the one metric definition."""

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines.evaluation.judgments import from_lake
-from pipelines.evaluation.metrics import RELEVANT
-from pipelines.evaluation.run import Retriever
+from pipelines.evaluation.run import ModelRunner
+from pipelines.metrics import RELEVANT
 from pipelines.modeling.registry import BASE_VERSION
 from pipelines.simulation import ClickConfig, ClickLog, Ranker, simulate
 from pipelines.workspace import Workspace
@@ -137,7 +137,7 @@ def run_ab(ws: Workspace, config: ABConfig, out: Path | None = None) -> dict:
     from pipelines.evaluation.report import write_ab_report
 
     out = Path(out) if out is not None else default_out(ws, config)
-    retriever = Retriever(ws.lake.read("items"), ws.models_dir, ws.cache_dir / "retrieval")
+    retriever = ModelRunner(ws.lake.read("items"), ws.models_dir, ws.cache_dir / "retrieval")
     retriever.check([config.a, config.b])
     jset = from_lake(ws.lake, config.split)
     lake_queries = ws.lake.read("queries")[["query_id", "frequency"]]

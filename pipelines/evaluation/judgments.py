@@ -3,7 +3,7 @@
 A file in the Home Depot judgments layout is read by the ingest reader (pipelines.ingest.homedepot),
 so it gets the same validation and the same quarantine of bad rows as ingest, and its queries get
 their ids from pipelines.text like every other stage. Each query also gets the frequency bucket the
-query_profile view gives it (pipelines.signals.profiles), so results can be split by traffic; a query
+query_profile view gives it (pipelines.signals.query_profile), so results can be split by traffic; a query
 the lake has never seen is "unseen".
 """
 
@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipelines.ingest.homedepot import FileReport, read_judgments
 from pipelines.lake import Lake
-from pipelines.signals.profiles import frequency_bucket, traffic_frequency
+from pipelines.signals.query_profile import frequency_bucket, traffic_frequency
 from pipelines.text import normalize_query
 
 UNSEEN = "unseen"  # bucket of a query absent from the lake's queries table

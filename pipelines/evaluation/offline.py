@@ -1,7 +1,7 @@
 """`unisup eval`: score retrieval models against a judgment set, overall and per frequency bucket.
 
 For every query of the set each model retrieves its top 100 from the whole catalog (run.py), and
-pipelines.evaluation.metrics.evaluate, the one definition of the metrics, scores the run: once on all
+pipelines.metrics.evaluate, the one definition of the metrics, scores the run: once on all
 queries and once per query-frequency bucket. Outputs (report.py): report.json, report.md,
 per_query.csv, metrics.png and ndcg_by_bucket.png in the output directory, with the resolved config
 inside report.json.
@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.evaluation import judgments as judgment_sets
-from pipelines.evaluation.metrics import DEPTH, evaluate
 from pipelines.evaluation.report import write_eval_report
-from pipelines.evaluation.run import Retriever
+from pipelines.evaluation.run import ModelRunner
+from pipelines.metrics import DEPTH, evaluate
 from pipelines.modeling.registry import BASE_VERSION
 from pipelines.workspace import Workspace
 
@@ -73,7 +73,7 @@ def evaluate_models(ws: Workspace, config: EvalConfig, out: Path | None = None) 
     """Retrieve, score and write the report; returns the report dict (as written to report.json)."""
     out = Path(out) if out is not None else default_out(ws, config)
     items = ws.lake.read("items")
-    retriever = Retriever(items, ws.models_dir, ws.cache_dir / "retrieval")
+    retriever = ModelRunner(items, ws.models_dir, ws.cache_dir / "retrieval")
     retriever.check(config.models)
     jset = load_judgments(ws, config, out)
     runs, seconds = retriever.runs(jset.queries["query_norm"].tolist(), jset.queries["query_id"].tolist(),

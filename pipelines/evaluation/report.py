@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.evaluation.metrics import METRICS
+from pipelines.metrics import METRICS
 from pipelines.retrieval.report import json_safe
 
 LABELS = {"ndcg@10": "NDCG@10", "ndcg@25": "NDCG@25", "recall@100": "recall@100",
@@ -67,7 +67,7 @@ def eval_markdown(report: dict) -> str:
     buckets = list(first["by_bucket"])  # offline.score wrote them busiest first
     by_bucket = markdown_table(["model", *(f"{b} ({first['by_bucket'][b]['queries']})" for b in buckets)], [
         [name, *(_fmt(r["by_bucket"][b]["mean"]["ndcg@10"]) for b in buckets)] for name, r in models.items()])
-    note = ("Means over the queries where a metric is defined (see pipelines/evaluation/metrics.py): "
+    note = ("Means over the queries where a metric is defined (see pipelines/metrics.py): "
             "NDCG needs a judged item with gain, recall a relevant item, mean judged relevance a judged "
             "item in the top 10.")
     return f"{head}\n{overall}\n\n{note}\n\n## NDCG@10 by query-frequency bucket (queries)\n\n{by_bucket}\n"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.evaluation.metrics import DEPTH, ranked
+from pipelines.metrics import DEPTH, ranked
 from pipelines.modeling.registry import BASE_VERSION, resolve
 from pipelines.retrieval import Channel, Hits, search_all, shared_encoder
 from pipelines.retrieval.fusion import fused_run, prior_table
@@ -42,7 +42,7 @@ def fused_channels(name: str) -> dict[str, str] | None:
 Run = dict[str, dict[str, float]]  # {query_id: {item_id: score}}, what metrics.evaluate reads
 
 
-class Retriever:
+class ModelRunner:
     """Channels for a set of model names over one catalog, each built on first use."""
 
     def __init__(self, items: pd.DataFrame, models_dir: Path, cache_dir: Path | None = None):
@@ -60,7 +60,7 @@ class Retriever:
                 resolve(self.models_dir, dense)
 
     def channel(self, name: str) -> Channel:
-        """The channel behind one non-fused model name, built once per Retriever."""
+        """The channel behind one non-fused model name, built once per ModelRunner."""
         if name not in self._channels:
             from pipelines.retrieval.bm25 import BM25Channel
             from pipelines.retrieval.chars import CharChannel

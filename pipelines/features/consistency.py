@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from pipelines.features.dataset import feast_historical
 from pipelines.features.online import OnlineFeatures
-from pipelines.signals.build import table_path
+from pipelines.signals.spec import table_path
 from pipelines.workspace import Workspace
 
 

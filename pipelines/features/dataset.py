@@ -21,7 +21,7 @@ from feast import FeatureService, FeatureStore
 
 from pipelines.features.repo import feature_store
 from pipelines.lake import utc_micros
-from pipelines.signals.build import table_path
+from pipelines.signals.spec import table_path
 from pipelines.workspace import Workspace
 
 ENTITY_COLUMNS = ("query_id", "item_id", "event_timestamp")
@@ -106,7 +106,7 @@ def build_dataset(ws: Workspace, entities: pd.DataFrame | Path, out_dir: Path,
     elif engine == "duckdb":
         from pipelines.features.pit import historical_features
 
-        df = historical_features(ws, store, fs, rows)
+        df = historical_features(store, fs, rows)
     else:
         raise ValueError(f"engine {engine!r}: expected 'duckdb' or 'feast'")
     out_dir = Path(out_dir)

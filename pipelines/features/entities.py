@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipelines.features.repo import feature_store
-from pipelines.signals.build import table_path
+from pipelines.signals.spec import table_path
 from pipelines.workspace import Workspace
 
 

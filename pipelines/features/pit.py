@@ -37,9 +37,8 @@ import pyarrow.parquet as pq
 from feast import FeatureService, FeatureStore, FeatureView
 from feast.infra.offline_stores.offline_utils import infer_event_timestamp_from_entity_df
 from feast.on_demand_feature_view import OnDemandFeatureView
-from feast.utils import _validate_feature_refs
 
-from pipelines.workspace import Workspace
+from pipelines.compat import validate_feature_refs
 
 _UTC_US = pa.timestamp("us", tz="UTC")
 _LIMIT = 1 << 61  # composite sort keys stay below this (x2 + 1 must fit int64)
@@ -99,8 +98,8 @@ def plan(store: FeatureStore, service: FeatureService) -> Plan:
                                                                         + implicit.get(key, [])))))
     # Feast's own FeatureNameCollisionError, over the service's features and also the on-demand
     # inputs it would add (Feast checks only the former and then returns duplicate columns).
-    _validate_feature_refs([f"{v.view.name}:{f}" for v in views for f in v.features]
-                           + [f"{o.name}:{f}" for o, names in odfvs for f in names])
+    validate_feature_refs([f"{v.view.name}:{f}" for v in views for f in v.features]
+                          + [f"{o.name}:{f}" for o, names in odfvs for f in names])
     return Plan(views, odfvs)
 
 
@@ -263,13 +262,10 @@ def _utc_us(col: pd.Series) -> pd.Series:
     return us
 
 
-def historical_features(ws: Workspace, store: FeatureStore, service: FeatureService,
-                        entities: pd.DataFrame) -> pd.DataFrame:
+def historical_features(store: FeatureStore, service: FeatureService, entities: pd.DataFrame) -> pd.DataFrame:
     """What `feast_historical(store, service, entities)` returns: entity rows in their order, each
-    with the service's features as of its event time (semantics in the module docstring).
-
-    `ws` is accepted for build_dataset's signature; source paths resolve against the store's
-    repo_path (the workspace), as Feast's do."""
+    with the service's features as of its event time (semantics in the module docstring). Source
+    paths resolve against the store's repo_path (the workspace), as Feast's do."""
     p = plan(store, service)
     ts_col = infer_event_timestamp_from_entity_df(dict(zip(entities.columns, entities.dtypes)))
     missing = sorted({c for v in p.views for c in v.keys.values()} - set(entities.columns))

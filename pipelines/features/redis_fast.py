@@ -39,7 +39,7 @@ from pipelines.features import redis_wire as wire
 from pipelines.features.redis_pipe import RespPipe, redis_client
 from pipelines.features.redis_reader import RedisFeatureReader
 from pipelines.features.repo import feature_store
-from pipelines.signals.build import table_path
+from pipelines.signals.spec import table_path
 from pipelines.workspace import Workspace
 
 __all__ = ["RedisFeatureReader", "latest_rows", "materialize_redis", "write_view"]
@@ -159,11 +159,6 @@ class ViewStats:
 class MaterializeStats:
     end: datetime
     views: dict[str, ViewStats] = field(default_factory=dict)
-
-    @property
-    def rows_per_second(self) -> float:
-        secs = sum(v.seconds for v in self.views.values())
-        return sum(v.rows for v in self.views.values()) / secs if secs else 0.0
 
 
 def _start(view: FeatureView, end: datetime, incremental: bool, now: datetime) -> datetime:

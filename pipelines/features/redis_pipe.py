@@ -2,7 +2,8 @@
 
 redis-py's pipeline packs every command and parses every reply in Python, several µs each; the
 fast paths instead send one prebuilt buffer per batch (redis_wire) and let hiredis parse the
-replies in C, while connection setup (AUTH, SELECT, TLS) stays redis-py's.
+replies in C, read off the connection's socket (pipelines.compat.recv_into), while connection
+setup (AUTH, SELECT, TLS) stays redis-py's.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from typing import Self
 
 import hiredis
 import redis
-from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
+from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+
+from pipelines import compat
 
 
 def redis_client(cfg: RedisOnlineStoreConfig) -> redis.Redis:
     """A client on a Feast Redis online store, from its connection string parsed as Feast does."""
     if cfg.type != "redis" or cfg.redis_type != "redis":
         raise ValueError(f"online store {cfg.type}/{getattr(cfg, 'redis_type', '')}: need plain redis")
-    nodes, params = RedisOnlineStore._parse_connection_string(cfg.connection_string)
-    return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
+    return redis.Redis(**compat.redis_kwargs(cfg.connection_string))
 
 
 class RespPipe:
@@ -43,7 +45,7 @@ class RespPipe:
         while got < n:
             reply = gets()
             if reply is False:
-                size = self._conn._sock.recv_into(self._buffer)
+                size = compat.recv_into(self._conn, self._buffer)
                 if not size:
                     self._ok = False
                     raise redis.ConnectionError("redis closed the connection mid-reply")

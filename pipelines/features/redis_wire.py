@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 from feast.value_type import ValueType
+
+from pipelines import compat
 
 CRLF = b"\r\n"
 _EMPTY = pa.scalar(b"", pa.binary())
@@ -29,7 +30,7 @@ _EMPTY = pa.scalar(b"", pa.binary())
 
 def field_name(view: str, feature: str) -> bytes:
     """The hash field Feast stores a feature under (murmur3 of "<view>:<feature>")."""
-    return _mmh3(f"{view}:{feature}")
+    return compat.mmh3(f"{view}:{feature}")
 
 
 def ts_field(view: str) -> bytes:

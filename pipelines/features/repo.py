@@ -1,16 +1,19 @@
 """Load the declarations in feature_repo/ and apply them to a workspace's registry.
 
-The repo is a plain Feast repo directory (modules import each other by file name, as under
-`feast apply`). We load it ourselves rather than through Feast's CLI so the same declarations
-can be applied to any workspace (demo, test temp dir, production) and so the signal registry
-in signals.py comes along with the Feast objects.
+The repo is a plain Feast repo directory: its modules import each other by file name and import
+the signal modules (view + producer) from pipelines.signals, as under `feast apply`. It is loaded
+by path at run time, the way Feast loads a repo: nothing in pipelines imports a repo module by
+name, so the only static dependency is feature_repo -> pipelines. Loading it ourselves rather than
+through Feast's CLI lets the same declarations be applied to any workspace (demo, test temp dir,
+production) and brings the signal registry in signals.py along with the Feast objects.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource
@@ -19,6 +22,10 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 
 from pipelines.signals.spec import Signal, signals_in
 from pipelines.workspace import Workspace
+
+
+class UnknownSignal(ValueError):
+    """A signal name that the repo's registry does not hold."""
 
 
 @dataclass
@@ -44,7 +51,7 @@ class RepoContents:
         for s in self.signals:
             if s.name == name:
                 return s
-        raise KeyError(f"no signal named {name!r}; registered: {[s.name for s in self.signals]}")
+        raise UnknownSignal(f"no signal named {name!r}; registered: {[s.name for s in self.signals]}")
 
 
 _BUCKETS = (
@@ -70,15 +77,13 @@ def load_repo(repo_dir: Path) -> RepoContents:
         sys.path.remove(str(repo_dir))
     contents = RepoContents()
     for module in modules:
-        for obj in vars(module).values():
-            for cls, bucket in _BUCKETS:
-                if isinstance(obj, cls):
-                    seen = getattr(contents, bucket)
-                    if not any(obj is o for o in seen):
-                        seen.append(obj)
-                    break
         if module.__name__ == "signals":
             contents.signals = signals_in(vars(module))
+            for signal in contents.signals:  # a registered signal brings its views along
+                for view in signal.views():
+                    _collect(contents, view)
+        for obj in vars(module).values():
+            _collect(contents, obj)
     for view in contents.views:  # a source declared inline in a view is still a source (as in Feast)
         if view.batch_source is not None and not any(view.batch_source is s for s in contents.sources):
             contents.sources.append(view.batch_source)
@@ -87,15 +92,36 @@ def load_repo(repo_dir: Path) -> RepoContents:
     return contents
 
 
-def anchor_sources(contents: RepoContents, root: Path) -> None:
-    """Make relative FileSource paths absolute under the workspace.
+def _collect(contents: RepoContents, obj: object) -> None:
+    """File a Feast object under its kind, once (the same object may be bound in several modules)."""
+    for cls, bucket in _BUCKETS:
+        if isinstance(obj, cls):
+            seen = getattr(contents, bucket)
+            if not any(obj is o for o in seen):
+                seen.append(obj)
+            return
+
+
+def anchored(contents: RepoContents, root: Path) -> RepoContents:
+    """The contents with every relative FileSource path made absolute under the workspace.
 
     Feast resolves relative paths against repo_path for retrieval, but its duckdb
     materialization reads them against the process's cwd; anchoring at apply time makes every
-    reader see the same file."""
+    reader see the same file. Views and sources are copied, never changed in place: the
+    declarations are module-level objects that other workspaces in the same process share."""
+    sources = {}
     for source in contents.sources:
         if isinstance(source, FileSource) and not Path(source.path).is_absolute():
-            source.file_options.uri = str(root / source.path)
+            copy_ = copy.deepcopy(source)
+            copy_.file_options.uri = str(root / source.path)
+            sources[id(source)] = copy_
+    views = []
+    for view in contents.views:
+        if id(view.batch_source) in sources:
+            view = copy.copy(view)
+            view.batch_source = sources[id(view.batch_source)]
+        views.append(view)
+    return replace(contents, views=views, sources=[sources.get(id(s), s) for s in contents.sources])
 
 
 def feature_store(ws: Workspace) -> FeatureStore:
@@ -105,8 +131,7 @@ def feature_store(ws: Workspace) -> FeatureStore:
 
 def apply(ws: Workspace) -> RepoContents:
     """Register the repo's objects in the workspace registry and drop views no longer declared."""
-    contents = load_repo(ws.repo_dir)
-    anchor_sources(contents, ws.root)
+    contents = anchored(load_repo(ws.repo_dir), ws.root)
     ws.write_feature_store_yaml()
     ws.features_dir.mkdir(parents=True, exist_ok=True)
     store = feature_store(ws)

@@ -14,7 +14,7 @@ over the lake's queries is measured at build time and written to the manifest.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -35,13 +35,16 @@ RECALL_K = 100
 class IndexConfig:
     """How to build an index; every field has a CLI flag of the same name."""
 
-    model: str | None = None  # model version; None = newest trained, else the off-the-shelf base
-    kind: str = "flat"  # flat (exact) | hnsw (approximate, recall reported)
-    hnsw_m: int = 32  # HNSW graph degree
-    ef_construction: int = 200  # HNSW build-time beam
-    ef_search: int = 256  # HNSW query-time beam, stored with the index; store.search widens it to k
-    recall_queries: int = 1000  # lake queries used to measure recall@100 of an approximate kind
-    seed: int = 0
+    model: str | None = field(default=None, metadata={"help": "Model version [newest trained, else minilm-l6-v2]"})
+    kind: str = field(default="flat", metadata={"help": "flat (exact inner product) | hnsw (approximate; "
+                                                        "recall@100 against exact search reported)"})
+    hnsw_m: int = field(default=32, metadata={"help": "HNSW graph degree"})
+    ef_construction: int = field(default=200, metadata={"help": "HNSW build-time beam"})
+    ef_search: int = field(default=256, metadata={"help": "HNSW query-time beam, stored with the index "
+                                                          "(store.search widens it to k)"})
+    recall_queries: int = field(default=1000, metadata={"help": "Lake queries that measure an approximate "
+                                                                "index's recall@100"})
+    seed: int = field(default=0, metadata={"help": "Seed of the recall sample"})
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

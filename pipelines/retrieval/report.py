@@ -19,8 +19,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.evaluation.metrics import METRICS, evaluate
 from pipelines.lake import Lake
+from pipelines.metrics import METRICS, evaluate
 from pipelines.retrieval import MISSING, build_channels, search_all
 from pipelines.retrieval.fusion import fused_run, prior_table
 

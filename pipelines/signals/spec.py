@@ -1,22 +1,45 @@
-"""What a signal is: a feature view plus the function that produces its table.
+"""What a signal is: a feature view, the function that produces its table, and where that table lives.
 
-A platform team adds a signal by writing one file that defines a FeatureView and a producer and
-exports them as a `Signal`, then registering it with one line in feature_repo/signals.py.
-Apply, materialize, `signals build`, dataset build and both FeatureServices discover it from
-there; no core code changes.
+A platform team adds a signal by writing one module that defines a FeatureView over
+`signal_source(name)`, a producer `produce(ctx) -> DataFrame` and `SIGNAL = Signal(view, producer)`,
+then registering it with one line in feature_repo/signals.py. Apply, materialize, `signals build`,
+dataset build and the FeatureServices discover it from there; no core code changes.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from feast import FeatureView
+from feast import FeatureView, FileSource
+from feast.on_demand_feature_view import OnDemandFeatureView
 
 from pipelines.lake import Lake
+from pipelines.workspace import Workspace
+
+FEATURES_DIR = "features"  # signal tables, relative to the workspace (the Feast repo_path)
+
+
+def signal_source(name: str) -> FileSource:
+    """The parquet table a signal's producer writes; every table carries both timestamps.
+
+    The path is relative to the workspace, so the same declaration serves a demo workspace, a
+    test's temp dir and production."""
+    return FileSource(
+        name=f"{name}_source",
+        path=f"{FEATURES_DIR}/{name}.parquet",
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created_timestamp",
+        description=f"Table written by the {name} producer (pipelines/signals).",
+    )
+
+
+def table_path(ws: Workspace, view: FeatureView) -> Path:
+    """Where the view's FileSource points (relative paths resolve against the workspace)."""
+    path = Path(view.batch_source.path)
+    return path if path.is_absolute() else ws.root / path
 
 
 @dataclass(frozen=True)
@@ -35,25 +58,36 @@ Producer = Callable[[SignalContext], pd.DataFrame]
 
 @dataclass(frozen=True)
 class Signal:
-    """A feature view and its producer.
+    """A feature view, its producer, and what of it the retriever reads online.
 
-    online_features: the features the `retriever_online` service reads; empty keeps the signal
-    offline-only (training sets still get every feature)."""
+    derived: on-demand views computed from this signal's view (and others) at read time; they join
+    the `training` service with the view. online_features: the features of the view or of a derived
+    view that `retriever_online` reads; empty keeps the signal offline-only."""
 
     view: FeatureView
-    producer: Producer | str  # a function, or "module:function" imported on first use
+    producer: Producer
     online_features: tuple[str, ...] = ()
+    derived: tuple[OnDemandFeatureView, ...] = ()
 
     @property
     def name(self) -> str:
         return self.view.name
 
     def produce(self, ctx: SignalContext) -> pd.DataFrame:
-        fn = self.producer
-        if isinstance(fn, str):
-            module, _, attr = fn.partition(":")
-            fn = getattr(importlib.import_module(module), attr)
-        return fn(ctx)
+        return self.producer(ctx)
+
+    def views(self) -> list[FeatureView | OnDemandFeatureView]:
+        """The view and its derived views: what a training set reads of this signal."""
+        return [self.view, *self.derived]
+
+    def online_views(self) -> list[FeatureView | OnDemandFeatureView]:
+        """The online features, as projections (view[[names]]) of the views that own them, view first."""
+        wanted = set(self.online_features)
+        owned = [(v, [f.name for f in v.features if f.name in wanted]) for v in self.views()]
+        unknown = wanted - {name for _, names in owned for name in names}
+        if unknown:
+            raise ValueError(f"signal {self.name!r}: online features {sorted(unknown)} are in none of its views")
+        return [v[names] for v, names in owned if names]
 
 
 def signals_in(namespace: dict) -> list[Signal]:

@@ -1,7 +1,7 @@
 """A stand-in teacher: the teacher_labels table without fitting a model, for plumbing tests.
 
 Tests of apply, materialize, point-in-time sets and online reads need a realistic teacher_labels
-table, not a fitted cascade (pipelines.signals.teacher; tests/test_teacher.py runs that one).
+table, not a fitted cascade (pipelines.signals.teacher_labels; tests/test_teacher.py runs that one).
 This producer writes the same contract in milliseconds: grades derived from the training queries'
 human judgments plus seeded noise, random unjudged negatives, and two releases (v1 noisier,
 14 days before as_of; v2 one day before) so point-in-time joins have versions to choose between.

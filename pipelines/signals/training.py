@@ -1,7 +1,8 @@
 """What producers may read of the training split: its queries and their judgments, nothing of dev.
 
-One place for the split rule of every producer, so "no producer reads dev-split judgments" is a
-property of two functions (tested in tests/test_signals_split.py) rather than of each producer.
+One place for the split rule of every producer (and of examples/signals/), so "no producer reads
+dev-split judgments" is a property of two functions rather than of each producer;
+tests/test_signals_split.py checks it on every registered producer's output.
 Quick mode samples QUICK_QUERIES training queries with the run's seed, identically for every
 producer, so quick tables cover the same queries.
 """

@@ -1,6 +1,6 @@
 """Simulated users: a position-based click model replayed against any ranker (see clicks.py).
 
-The engagement signal (pipelines.signals.engagement) replays BM25, the "current production"
+The engagement signal (pipelines.signals.engagement_stats) replays BM25, the "current production"
 ranker, on the training queries. An A/B comparison replays another ranker on the same queries with
 the same seed: traffic and every pair's attractiveness are then identical, only the ranking differs.
 """

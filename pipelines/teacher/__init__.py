@@ -4,8 +4,9 @@
 - stage1.py: channel features for any pair and a gradient-boosted 4-grade classifier (cheap);
 - cross_encoder.py: MiniLM-L6 cross-encoder with an ordinal (CORAL) head, trained on human grades;
 - calibrate.py: fit/calib roles of training queries, isotonic calibration per stage, ECE;
-- cascade.py: the escalation rule, choosing its threshold, and fitting the whole teacher;
-- report.py: quality, calibration and cost of each stage and the cascade on the dev split.
+- cascade.py: the escalation rule, choosing its threshold, and fitting the whole teacher.
 
-The producer that writes the teacher_labels view is pipelines/signals/teacher.py.
+Nothing here knows Feast: the teacher_labels signal (view + producer) is
+pipelines/signals/teacher_labels.py, and the dev report on quality, calibration and cost is
+pipelines/evaluation/teacher_report.py.
 """

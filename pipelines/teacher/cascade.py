@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from pipelines.evaluation.metrics import evaluate
+from pipelines.metrics import evaluate
 from pipelines.teacher.calibrate import GradeCalibrator
 from pipelines.teacher.cross_encoder import CrossEncoder, CrossEncoderConfig, train_cross_encoder
 from pipelines.teacher.grades import blend, confidence, expected_grade, to_grade
@@ -112,7 +112,7 @@ def ranking_score(calibrated: np.ndarray, raw: np.ndarray) -> np.ndarray:
 
 
 def rerank_ndcg(pairs: pd.DataFrame, score: np.ndarray, judgments: pd.DataFrame) -> float:
-    """NDCG@10 (pipelines.evaluation.metrics) of each query's judged items ordered by `score`."""
+    """NDCG@10 (pipelines.metrics) of each query's judged items ordered by `score`."""
     run: dict[str, dict[str, float]] = {}
     for qid, item, s in zip(pairs["query_id"], pairs["item_id"], score):
         run.setdefault(str(qid), {})[str(item)] = float(s)

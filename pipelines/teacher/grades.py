@@ -11,9 +11,9 @@ it is defined):
     2.75 - 3.00    3      exact match        all (or 3 of 4) said 3           26%
 
 Why these edges: grade >= 2 is exactly relevance >= 2, the line the evaluation protocol already
-draws (pipelines.evaluation.metrics.RELEVANT: recall@100, irrelevant@10) and the relevance gate
-(pipelines.features.gate, expected grade >= 1.5) sits halfway between grades 1 and 2, so "relevant"
-means one thing in the labels, the gate and the metrics. Grade 3 needs a clear consensus on 3
+draws (pipelines.metrics.RELEVANT: recall@100, irrelevant@10), and the relevance gate
+(pipelines.signals.engagement_stats) asks the teacher for P(grade >= 2), so "relevant" means one
+thing in the labels, the gate and the metrics. Grade 3 needs a clear consensus on 3
 (2.67 = one rater of three dissented); grade 0 a majority on 1.
 
 Probabilities are (n, 4) arrays p[:, g] = P(grade = g). Cumulative form c[:, k-1] = P(grade >= k),

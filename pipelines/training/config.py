@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from pipelines.modeling.encoder import bf16_is_fast
+from pipelines.settings import available_cores
 from pipelines.workspace import ConfigError
 
 TARGETS = ("unified", "engagement", "human", "teacher")
@@ -18,7 +19,7 @@ TARGETS = ("unified", "engagement", "human", "teacher")
 class TargetConfig:
     """How candidates are scored into a soft target (pipelines.training.target documents the formula)."""
 
-    kind: str = "unified"  # one of TARGETS: unified, or a single-signal ablation
+    kind: str = field(default="unified", metadata={"help": "unified | engagement | human | teacher (ablations)"})
     w_teacher: float = 1.0  # graded relevance / 3: calibrated teacher expected grade, or the human grade
     human_override: bool = True  # where a human judged the pair, its grade replaces the teacher's
     w_prior: float = 0.3  # retrieval agreement (RRF score normalized to 0..1)
@@ -36,7 +37,7 @@ class DataConfig:
 
     list_size: int = 16  # candidates per query per step (listwise KL is over these)
     top_share: float = 0.25  # share of a list taken from the target's best; the rest sampled (hard negatives)
-    max_queries: int | None = None  # cap on training queries (quick profile)
+    max_queries: int | None = field(default=None, metadata={"help": "Cap on training queries (seeded sample)"})
     max_candidates: int = 200  # per query, best by retrieval agreement, before sampling lists
 
 
@@ -46,7 +47,7 @@ class TrainConfig:
 
     target: TargetConfig = field(default_factory=TargetConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    epochs: int = 1
+    epochs: int = field(default=1, metadata={"help": "Passes over the training queries"})
     queries_per_batch: int = 16
     lr: float = 3e-5
     warmup: float = 0.1  # share of steps with linear warm-up, then linear decay to 0
@@ -56,9 +57,9 @@ class TrainConfig:
     max_length: int = 32
     grad_clip: float = 1.0
     freeze_embeddings: bool = True  # word embeddings fixed: half the weights, so a cheaper backward + AdamW
-    threads: int = 2
+    threads: int = field(default_factory=available_cores, metadata={"help": "torch threads (default: all cores)"})
     bf16: bool = field(default_factory=bf16_is_fast)  # autocast where the CPU has native bfloat16
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "Seed of sampling, initialization and order"})
     log_every: int = 20
 
     @classmethod

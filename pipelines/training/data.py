@@ -1,10 +1,11 @@
 """Training data: entity rows -> point-in-time set via the `training` FeatureService -> candidate lists.
 
-The trainer reads signals only through Feast definitions (pipelines.features.dataset), never from
-producer tables directly: entity rows are (training query, candidate item, as_of) for the
-retrieval prior's candidates plus every teacher-labelled pair (so judged items the channels missed
-are in the lists), and the set comes back with lineage and a content hash that the model's version
-records. Lists are then sampled per step: the target's best `top_share` of the list, the rest
+The trainer reads feature VALUES only through Feast definitions (pipelines.features.dataset). To
+choose its entity rows it reads the keys of two signal tables where the views point (`_pairs`:
+retrieval_prior's pairs and fusion score, to keep each query's best candidates, and
+teacher_labels' judged pairs, so judged items the channels missed are in the lists); entity rows
+are (training query, candidate item, as_of), and the set comes back with lineage and a content hash
+that the model's version records. Lists are then sampled per step: the target's best `top_share` of the list, the rest
 drawn from the query's other candidates (hard negatives: every candidate was retrieved by a channel).
 """
 
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 
 from pipelines.features.dataset import build_dataset, file_sha256
 from pipelines.features.repo import feature_store
-from pipelines.signals.build import table_path
+from pipelines.signals.spec import table_path
 from pipelines.training.config import DataConfig, TargetConfig
 from pipelines.training.target import soft_target, utility
 from pipelines.workspace import Workspace
@@ -28,6 +29,7 @@ KEYS = ["query_id", "item_id"]
 
 
 def _pairs(ws: Workspace, view: str, columns: list[str]) -> pd.DataFrame:
+    """Columns of a signal's table, read where its view points (keys for entity rows, not features)."""
     store = feature_store(ws)
     path = table_path(ws, store.get_feature_view(view))
     if not path.exists():

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import get_linear_schedule_with_warmup
 
 from pipelines.modeling.encoder import Encoder, minilm_dir
 from pipelines.modeling.registry import ModelRef, register
@@ -70,10 +71,9 @@ def train(ws: Workspace, config: TrainConfig, as_of: pd.Timestamp | None = None,
     B, L = config.queries_per_batch, config.data.list_size
     steps_per_epoch = math.ceil(len(lists) / B)
     total = steps_per_epoch * config.epochs
-    warm = max(1, int(config.warmup * total))
+    peak = max(1, int(config.warmup * total)) - 1  # the step where warm-up reaches full lr
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=peak, num_training_steps=total)
 
     # the loop
     sequences, epoch_seconds, losses = 0, [], []

@@ -1,27 +1,33 @@
-"""Item and query profiles: read straight from the lake, no model involved."""
+"""The query_profile signal: attributes of a query, and the traffic that decides its frequency bucket."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import numpy as np
 import pandas as pd
+from feast import FeatureView, Field
+from feast.types import Int64, String
 
-from pipelines.signals.spec import SignalContext
+from pipelines.signals.entities import query
+from pipelines.signals.spec import Signal, SignalContext, signal_source
 from pipelines.simulation import ClickConfig, query_frequency
 
-
-def item_profile(ctx: SignalContext) -> pd.DataFrame:
-    """Title, its length, and popularity = the item's share of judged pairs (a traffic proxy)."""
-    items = ctx.lake.read("items")
-    judged = ctx.lake.read("judgments").groupby("item_id").size()
-    counts = items["item_id"].map(judged).fillna(0).to_numpy(dtype="float64")
-    return pd.DataFrame({
-        "item_id": items["item_id"],
-        "event_timestamp": items["event_timestamp"],
-        "created_timestamp": items["event_timestamp"],
-        "title": items["title"],
-        "title_tokens": items["title"].str.split().str.len().astype("int64"),
-        "popularity": (counts / max(counts.sum(), 1.0)).astype("float32"),
-    })
+# Query attributes (traffic decides head/torso/tail buckets in evaluation).
+query_profile_fv = FeatureView(
+    name="query_profile",
+    entities=[query],
+    ttl=timedelta(days=3650),
+    schema=[
+        Field(name="query_text", dtype=String, description="Query as first seen"),
+        Field(name="query_tokens", dtype=Int64, description="Tokens in the normalized query"),
+        Field(name="frequency", dtype=Int64, description="Relative daily traffic"),
+        Field(name="frequency_bucket", dtype=String, description="head | torso | tail"),
+    ],
+    source=signal_source("query_profile"),
+    description="Attributes of a query.",
+    tags={"grain": "query"},
+)
 
 
 def traffic_frequency(queries: pd.DataFrame, seed: int = 0) -> pd.Series:
@@ -46,6 +52,7 @@ def frequency_bucket(frequency: pd.Series) -> pd.Series:
 
 
 def query_profile(ctx: SignalContext) -> pd.DataFrame:
+    """Text, token count, traffic and frequency bucket of every query in the lake."""
     queries = ctx.lake.read("queries")
     frequency = traffic_frequency(queries, ctx.seed)
     return pd.DataFrame({
@@ -57,3 +64,6 @@ def query_profile(ctx: SignalContext) -> pd.DataFrame:
         "frequency": frequency,
         "frequency_bucket": frequency_bucket(frequency),
     })
+
+
+SIGNAL = Signal(query_profile_fv, producer=query_profile, online_features=("frequency",))

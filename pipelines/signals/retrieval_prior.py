@@ -1,4 +1,4 @@
-"""Producer of the retrieval_prior view: how strongly three retrieval channels agree on a pair.
+"""The retrieval_prior signal: how strongly three retrieval channels agree on a (query, item) pair.
 
 For every training query (dev queries are never retrieved for, so nothing downstream can fit on
 them through this table), each channel (BM25, MiniLM + FAISS, character n-grams; see
@@ -10,20 +10,42 @@ number of channels that hold it. No judgments are read.
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from feast import FeatureView, Field
+from feast.types import Float32, Int64
 from rich.console import Console
 
 from pipelines.retrieval import build_channels, catalog_hash, search_all
 from pipelines.retrieval.fusion import prior_table
-from pipelines.signals.spec import SignalContext
+from pipelines.signals.entities import PAIR
+from pipelines.signals.spec import Signal, SignalContext, signal_source
 from pipelines.signals.training import training_queries
 
 DEPTH = 100  # per channel and query
 COLUMNS = ["query_id", "item_id", "event_timestamp", "created_timestamp",
            "rank_bm25", "rank_dense", "rank_char", "fusion_score", "agreement"]
+
+
+# Agreement of retrieval channels: per-channel rank (101 = not retrieved), fused score, count.
+retrieval_prior_fv = FeatureView(
+    name="retrieval_prior",
+    entities=PAIR,
+    ttl=timedelta(days=365),
+    schema=[
+        Field(name="rank_bm25", dtype=Int64, description="BM25 rank, 1..100; 101 = absent"),
+        Field(name="rank_dense", dtype=Int64, description="Dense (MiniLM + FAISS) rank; 101 = absent"),
+        Field(name="rank_char", dtype=Int64, description="Character n-gram rank; 101 = absent"),
+        Field(name="fusion_score", dtype=Float32, description="Reciprocal-rank fusion of the channels"),
+        Field(name="agreement", dtype=Int64, description="Number of channels holding the item"),
+    ],
+    source=signal_source("retrieval_prior"),
+    description="How strongly several retrieval channels agree on a pair.",
+    tags={"signal": "prior", "grain": "pair"},
+)
 
 
 def retrieval_cache(ctx: SignalContext) -> Path | None:
@@ -68,3 +90,6 @@ def retrieval_prior(ctx: SignalContext) -> pd.DataFrame:
         table[col] = table[col].astype(np.int64)
     table["fusion_score"] = table["fusion_score"].astype(np.float32)
     return table[COLUMNS]
+
+
+SIGNAL = Signal(retrieval_prior_fv, producer=retrieval_prior, online_features=("fusion_score", "agreement"))

@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 from feast import FeatureView
 from feast.types import Bool, Float32, Float64, Int32, Int64, String
 
+from pipelines.features.repo import load_repo
 from pipelines.lake import to_arrow
-from pipelines.signals.spec import Producer, Signal, SignalContext
+from pipelines.signals.spec import Producer, Signal, SignalContext, table_path
 from pipelines.workspace import Workspace
 
 _ARROW = {Float32: pa.float32(), Float64: pa.float64(), Int64: pa.int64(), Int32: pa.int32(),
@@ -46,12 +47,6 @@ def view_schema(view: FeatureView, join_keys: list[str] | None = None) -> pa.Sch
     return pa.schema(keys + ts + feats)
 
 
-def table_path(ws: Workspace, view: FeatureView) -> Path:
-    """Where the view's FileSource points (relative paths resolve against the workspace)."""
-    path = Path(view.batch_source.path)
-    return path if path.is_absolute() else ws.root / path
-
-
 def conform(view: FeatureView, df: pd.DataFrame, join_keys: list[str] | None = None) -> pa.Table:
     """Cast a producer's frame to the view's schema, naming the view and column on failure."""
     join_keys = join_keys or view.join_keys
@@ -69,7 +64,7 @@ def conform(view: FeatureView, df: pd.DataFrame, join_keys: list[str] | None = N
 
 
 def write_signal(ws: Workspace, signal: Signal, ctx: SignalContext, join_keys: list[str],
-                 producer: Producer | str | None = None) -> tuple[Path, int]:
+                 producer: Producer | None = None) -> tuple[Path, int]:
     """Produce one signal's table (with its own producer unless one is given) and write it,
     sorted by key then time, for stable files."""
     df = replace(signal, producer=producer).produce(ctx) if producer else signal.produce(ctx)
@@ -84,14 +79,12 @@ def write_signal(ws: Workspace, signal: Signal, ctx: SignalContext, join_keys: l
 
 def build_signals(ws: Workspace, ctx: SignalContext, only: list[str] | None = None,
                   on_done: Callable[[str, Path, int, float], None] | None = None,
-                  producers: dict[str, Producer | str] | None = None) -> dict[str, dict]:
+                  producers: dict[str, Producer] | None = None) -> dict[str, dict]:
     """Produce every registered signal (or `only` those) into the workspace.
 
     `producers` swaps a signal's producer for another with the same table contract (tests of the
     feature-store plumbing use the synthetic teacher instead of fitting one). Returns rows and
     wall seconds per signal, and writes them to work_dir/signals_build.json when there is one."""
-    from pipelines.features.repo import load_repo
-
     contents = load_repo(ws.repo_dir)
     chosen = [contents.signal(name) for name in only] if only else contents.signals
     producers = producers or {}

@@ -1,7 +1,7 @@
-"""Producer of the teacher_labels view: calibrated graded relevance from a two-stage cascade.
+"""The teacher_labels signal: calibrated graded relevance from a two-stage cascade, per (query, item).
 
 Pairs labelled: every candidate of the retrieval prior (the union of the channels' top 100 for each
-training query; pipelines.signals.prior) plus every judged pair of a training query the channels
+training query; pipelines.signals.retrieval_prior) plus every judged pair of a training query the channels
 missed, so each human grade of the training split has its row. Dev queries are never labelled, and
 their judgments are never read: pipelines.signals.training filters by split before anything looks.
 
@@ -18,9 +18,11 @@ output pooled with stage 1's (cascade.py). The calibrators (isotonic, per stage)
 threshold are fitted on calib queries, with negatives drawn the same way. The fitted teacher is
 saved under work_dir/teacher and reused while its fingerprint (config + training rows) holds.
 
-Output: two releases, as the view's snapshots:
-- teacher v1 = stage 1 everywhere, stamped as_of - 14 days;
-- teacher v2 = the cascade (stage 2 where stage 1 is unsure), stamped as_of - 1 day. One run may
+Output: two snapshots of ONE run, written as if they were two releases so that point-in-time
+joins have versions to choose between (they are not two fitted releases; a second `signals build`
+on a later day writes the next pair):
+- "teacher-v1" = stage 1 everywhere, back-dated to as_of - 14 days;
+- "teacher-v2" = the cascade (stage 2 where stage 1 is unsure), stamped as_of - 1 day. One run may
   escalate at most `cascade.max_pairs` pairs (the least confident ones): ~1.5M candidates times
   ~4 ms of cross-encoder each would take hours on 2 cores, so the cap keeps `signals build` in budget;
 per pair grade_p0..3, expected_grade, confidence (max probability), teacher_stage, teacher_version
@@ -37,25 +39,52 @@ import json
 import tempfile
 import time
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from feast import FeatureView, Field
+from feast.types import Float32, Int64, String
 from rich.console import Console
 
 from pipelines.retrieval import build_channels
-from pipelines.signals.prior import candidate_table, retrieval_cache
-from pipelines.signals.spec import SignalContext
+from pipelines.signals.entities import PAIR
+from pipelines.signals.retrieval_prior import candidate_table, retrieval_cache
+from pipelines.signals.spec import Signal, SignalContext, signal_source
 from pipelines.signals.training import training_judgments, training_queries
 from pipelines.teacher.calibrate import teacher_role
 from pipelines.teacher.cascade import Teacher, TeacherConfig, fit_teacher
 from pipelines.teacher.stage1 import PairScorer
 
-VERSIONS = (("teacher-v1", 1, 14), ("teacher-v2", 2, 1))  # (version, cascade stages, days before as_of)
+# (teacher_version, cascade stages, days before as_of): two back-dated snapshots of one run
+VERSIONS = (("teacher-v1", 1, 14), ("teacher-v2", 2, 1))
 _SCRATCH: tempfile.TemporaryDirectory | None = None  # models of runs without a work_dir
 COLUMNS = ["query_id", "item_id", "event_timestamp", "created_timestamp", "grade_p0", "grade_p1",
            "grade_p2", "grade_p3", "expected_grade", "confidence", "teacher_stage", "teacher_version",
            "human_grade"]
+
+
+# Calibrated graded relevance (0..3) from the teacher cascade; human grades kept apart.
+teacher_labels_fv = FeatureView(
+    name="teacher_labels",
+    entities=PAIR,
+    ttl=timedelta(days=365),
+    schema=[
+        Field(name="grade_p0", dtype=Float32, description="P(grade = 0, irrelevant)"),
+        Field(name="grade_p1", dtype=Float32, description="P(grade = 1, partly relevant)"),
+        Field(name="grade_p2", dtype=Float32, description="P(grade = 2, relevant)"),
+        Field(name="grade_p3", dtype=Float32, description="P(grade = 3, exact match)"),
+        Field(name="expected_grade", dtype=Float32, description="Sum of grade x probability, 0..3"),
+        Field(name="confidence", dtype=Float32, description="Max grade probability"),
+        Field(name="teacher_stage", dtype=Int64, description="Cascade stage that labelled the pair"),
+        Field(name="teacher_version", dtype=String, description="Snapshot of the teacher run that wrote the row"),
+        Field(name="human_grade", dtype=Float32, description="Human relevance 1..3 where judged, else null"),
+    ],
+    source=signal_source("teacher_labels"),
+    description="Graded relevance from the cross-encoder teacher cascade, calibrated.",
+    tags={"signal": "teacher", "grain": "pair"},
+)
 
 
 def label_pairs(queries: pd.DataFrame, prior: pd.DataFrame, judgments: pd.DataFrame) -> pd.DataFrame:
@@ -139,3 +168,6 @@ def teacher_labels(ctx: SignalContext, config: TeacherConfig | None = None) -> p
     console.print(f"teacher: stage 2 on {summary['escalated']:,} of {len(pairs):,} pairs "
                   f"({summary['escalated_share']:.1%}); wall seconds {summary['wall_seconds']}")
     return pd.concat(frames, ignore_index=True)[COLUMNS]
+
+
+SIGNAL = Signal(teacher_labels_fv, producer=teacher_labels, online_features=("expected_grade", "confidence"))

@@ -1,7 +1,7 @@
 """Teacher report: quality, calibration and cost of stage 1, stage 2 everywhere and the cascade, on dev.
 
 For every dev query, its judged items are scored by each teacher and re-ranked; NDCG@10 comes from
-pipelines.evaluation.metrics (the one definition: linear gain relevance - 1). Dev judgments are read
+pipelines.metrics (the one definition: linear gain relevance - 1). Dev judgments are read
 here only to score; the teacher is fitted on training queries (or loaded from the work dir where the
 producer fitted it) and dev queries are retrieved for only to give their pairs the prior's ranks.
 
@@ -14,13 +14,11 @@ producer fitted it) and dev queries are retrieved for only to give their pairs t
   calibration; stage 2 = cross-encoder + calibration; cascade = stage 1 on all + stage 2 on the
   escalated pairs, each measured; cost share = cost / stage 2 everywhere's.
 
-Run `unisup signals report` (writes workspace/reports/teacher.json and prints a table), or
-`python -m pipelines.teacher.report --lake LAKE --work-dir WORK --out FILE` for a bare lake.
+Run `unisup signals report` (writes workspace/reports/teacher.json and prints a table).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -31,9 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.lake import Lake
-from pipelines.signals.prior import candidate_table
+from pipelines.signals.retrieval_prior import candidate_table
 from pipelines.signals.spec import SignalContext
-from pipelines.signals.teacher import fitted_teacher
+from pipelines.signals.teacher_labels import fitted_teacher
 from pipelines.teacher.calibrate import ece, top_label_ece
 from pipelines.teacher.cascade import TeacherConfig, combine, escalate, ranking_score, rerank_ndcg
 from pipelines.teacher.grades import confidence, expected_grade, to_grade
@@ -137,24 +135,3 @@ def print_report(report: dict, console: Console) -> None:
     verdict = "met" if report["met"] else "NOT met"
     console.print(f"target (cascade >= 95% of stage-2 NDCG@10 at <= 40% of its cost): {verdict}")
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--lake", type=Path, required=True, help="lake directory (queries, items, judgments)")
-    parser.add_argument("--work-dir", type=Path, required=True,
-                        help="the producer's cache dir (teacher/, retrieval/)")
-    parser.add_argument("--out", type=Path, default=Path("reports/teacher.json"), help="JSON output")
-    parser.add_argument("--quick", action="store_true", help="quick teacher profile (tests)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the teacher and the random reference")
-    args = parser.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(2)
-    report = teacher_report(Lake(args.lake), args.work_dir, quick=args.quick, seed=args.seed)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str))
-    print_report(report, Console(width=180))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,88 @@
+"""Deployment settings: one model read by the CLI, the service and the workspace.
+
+Sources, each overriding the one before: defaults, the YAML file named by UNISUP_CONFIG,
+UNISUP_* environment variables, then explicit values (CLI flags). CLI options take their help
+from the field descriptions here, so a setting is described once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from pipelines.workspace import DEFAULT_REPO, ConfigError, Workspace, online_store_config
+
+ENV_PREFIX = "UNISUP_"
+FILE_ENV = "UNISUP_CONFIG"
+
+
+def available_cores() -> int:
+    """The one default for thread counts: every core this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+class Settings(BaseSettings):
+    """Where a deployment keeps its state, its online store, and how hard it may use the machine."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    workspace: Path = Field(Path("workspace"), description="Workspace dir (lake, signal tables, registry, models)")
+    online: str = Field("sqlite", description="Online store: 'sqlite' or redis://HOST:PORT/DB")
+    repo: Path = Field(DEFAULT_REPO, description="Feature repo dir (the signal registry and services)")
+    threads: PositiveInt = Field(default_factory=available_cores,
+                                 description="torch threads of training and batch inference (default: all cores)")
+    index: Path | None = Field(None, description="Index dir to serve (default: the newest in WORKSPACE/indexes)")
+    model_dir: Path | None = Field(None, description="Model dir to serve (default: the index's model version)")
+    workers: PositiveInt = Field(2, description="Service processes, each with its own encoder and index "
+                                                "(a request is mostly Python, so one process uses about one core)")
+    torch_threads: PositiveInt | None = Field(None, description="Encoder threads per service process "
+                                                                "(default: THREADS / WORKERS, at least 1)")
+    lanes: PositiveInt = Field(2, description="Batches (encode + search) a service process runs at once, "
+                                              "each on its own thread (serving/batcher.py)")
+    online_timeout: PositiveFloat = Field(0.5, description="Seconds an online read may take before an "
+                                                           "answer degrades")
+
+    @field_validator("online")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        online_store_config(value, Path("."))  # raises ConfigError naming the value
+        return value
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, **unused: PydanticBaseSettingsSource):
+        """Flags, then the environment, then the YAML file; no dotenv or secrets directory."""
+        sources = [init_settings, env_settings]
+        if os.environ.get(FILE_ENV):
+            path = Path(os.environ[FILE_ENV])
+            if not path.is_file():
+                raise ConfigError(f"{FILE_ENV}={path}: no such file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, **values: object) -> Settings:
+        """Settings from every source, `values` winning (None means "not given"); one line on a bad value."""
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            raise ConfigError(f"setting {name} = {err.get('input')!r}: {err['msg']} "
+                              f"(flag, {ENV_PREFIX}{name.upper()} or {FILE_ENV})") from None
+
+    @property
+    def encoder_threads(self) -> int:
+        """Encoder threads per service process: the setting, else this machine's share per worker."""
+        return self.torch_threads or max(1, self.threads // self.workers)
+
+    def as_workspace(self) -> Workspace:
+        return Workspace(root=self.workspace.resolve(), online=self.online, repo_dir=self.repo.resolve())
+
+    def environment(self) -> dict[str, str]:
+        """The settings as UNISUP_* variables, for a child process that loads them again."""
+        values = self.model_dump(exclude_none=True)
+        return {ENV_PREFIX + k.upper(): str(v) for k, v in values.items()}
