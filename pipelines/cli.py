@@ -47,7 +47,7 @@ console = Console(stderr=True)
 def setting(name: str) -> Any:
     """A global option for one field of the settings model: its help from there, None = not given."""
     info = Settings.model_fields[name]
-    return typer.Option(None, help=f"{info.description} [env UNISUP_{name.upper()}]")
+    return typer.Option(None, help=f"{info.description} (env UNISUP_{name.upper()})")
 
 
 def option(config: type, name: str, *flags: str) -> Any:
