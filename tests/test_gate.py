@@ -21,7 +21,12 @@ def test_gate_keeps_engagement_only_on_relevant_pairs(rows):
     out = gated_engagement(df)
     assert list(out.columns) == ["is_relevant", "gated_clicks_30d", "gated_orders_30d", "gated_ctr_30d"]
     for (p2, p3, clicks, orders, ctr), got in zip(rows, out.itertuples(index=False)):
-        relevant = p2 is not None and p3 is not None and p2 + p3 >= RELEVANT_PROBABILITY
+        labelled = p2 is not None and p3 is not None
+        relevant = labelled and p2 + p3 >= RELEVANT_PROBABILITY
+        if not labelled:  # unknown relevance stays unknown: nothing reads as "judged irrelevant"
+            assert math.isnan(got.is_relevant)
+            assert all(math.isnan(v) for v in (got.gated_clicks_30d, got.gated_orders_30d, got.gated_ctr_30d))
+            continue
         assert got.is_relevant == int(relevant)
         for raw, gated in ((clicks, got.gated_clicks_30d), (orders, got.gated_orders_30d),
                            (ctr, got.gated_ctr_30d)):

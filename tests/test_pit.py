@@ -137,7 +137,8 @@ def test_rows_kept_in_order_with_nulls(repo):
     pd.testing.assert_frame_equal(out[list(ents.columns)], ents)  # same rows, same order
     assert out["clicks_30d"].tolist()[1::3] == [5.0, 7.0] and out["clicks_30d"].iloc[5] == 5.0
     assert out["clicks_30d"].iloc[[0, 2, 3]].isna().all()
-    assert out["is_relevant"].tolist() == [0] * 6  # no teacher label: gated out, still a row
+    assert out["is_relevant"].isna().all()  # no teacher label: relevance unknown (null, not 0), still a row
+    assert out["gated_clicks_30d"].isna().all()
 
 
 # ---- properties: one pair, engagement_stats (TTL 7 days); clicks_30d identifies the row picked

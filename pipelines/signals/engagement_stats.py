@@ -167,16 +167,22 @@ def gated_engagement(inputs: pd.DataFrame) -> pd.DataFrame:
     """The one gate, which the gated_engagement view runs for training sets and online reads alike:
     keep 30-day clicks, orders and debiased CTR where grade_p2 + grade_p3 >= RELEVANT_PROBABILITY.
 
-    A pair without a teacher label is not relevant (its engagement is zeroed); a pair without
-    engagement keeps null engagement, so "no data" stays distinguishable from "gated out".
-    Plain numpy: it runs inside every online lookup."""
+    Missing stays missing: a pair the teacher never labelled (every pair of a query the producers
+    have not seen) has is_relevant null, not 0, and null gated engagement, since whether its
+    engagement counts is unknown; a labelled pair without engagement keeps null engagement, so
+    "no data" stays distinguishable from "gated out" (0). Plain numpy: it runs inside every
+    online lookup."""
     p_relevant = sum(inputs[c].to_numpy(dtype="float64", na_value=np.nan) for c in GATE_INPUTS)
-    relevant = p_relevant >= RELEVANT_PROBABILITY  # NaN compares False: unlabelled pairs are not relevant
-    out = {"is_relevant": relevant.astype("int64")}
+    labelled = ~np.isnan(p_relevant)
+    relevant = p_relevant >= RELEVANT_PROBABILITY  # NaN compares False; `labelled` tells the two apart
+    # a float so that "unknown" survives every path: Feast's online conversion turns a nullable
+    # integer's NA into -2**63
+    out = {"is_relevant": np.where(labelled, relevant, np.nan).astype("float32")}
     for src, dst in (("clicks_30d", "gated_clicks_30d"), ("orders_30d", "gated_orders_30d"),
                      ("ctr_debiased_30d", "gated_ctr_30d")):
         value = inputs[src].to_numpy(dtype="float64", na_value=np.nan)
-        out[dst] = np.where(relevant | np.isnan(value), value, 0.0).astype("float32")
+        gated = np.where(relevant | np.isnan(value), value, 0.0)
+        out[dst] = np.where(labelled, gated, np.nan).astype("float32")
     return pd.DataFrame(out, index=inputs.index)
 
 
@@ -190,7 +196,7 @@ gated_engagement_fv = OnDemandFeatureView(
     ],
     # Field descriptions stay off: Feast 0.67 compares them with the inferred (empty) ones.
     schema=[
-        Field(name="is_relevant", dtype=Int64),
+        Field(name="is_relevant", dtype=Float32),
         Field(name="gated_clicks_30d", dtype=Float32),
         Field(name="gated_orders_30d", dtype=Float32),
         Field(name="gated_ctr_30d", dtype=Float32),
@@ -200,8 +206,9 @@ gated_engagement_fv = OnDemandFeatureView(
     # Feast re-creates UDFs from this text at read time; importing keeps the one definition.
     udf_string="from pipelines.signals.engagement_stats import gated_engagement",
     description=(
-        "Engagement kept only where the teacher labels the pair relevant: is_relevant (1 if"
-        " P(grade >= 2) = grade_p2 + grade_p3 >= 0.7), gated_clicks_30d, gated_orders_30d, gated_ctr_30d."
+        "Engagement kept only where the teacher labels the pair relevant: is_relevant (1.0 if"
+        " P(grade >= 2) = grade_p2 + grade_p3 >= 0.7, 0.0 if not, null if the teacher never labelled the"
+        " pair), gated_clicks_30d, gated_orders_30d, gated_ctr_30d (null where relevance is unknown)."
     ),
 )
 
