@@ -146,7 +146,8 @@ def timestamp_nanos(data: bytes | None) -> int:
             seconds = value - (1 << 64) if value >= 1 << 63 else value
         elif tag == 0x10:
             nanos = value
-    return seconds * 1_000_000_000 + nanos
+    total = seconds * 1_000_000_000 + nanos
+    return (total + (1 << 63)) % (1 << 64) - (1 << 63)  # int64 arithmetic, as the vectorized decoder's
 
 
 def timestamps_nanos(values: list[bytes | None]) -> np.ndarray:
