@@ -25,11 +25,14 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Every script runs even if one fails; make fails if any did. BENCH_ARGS=--quick: a smoke run of
+# each on tiny data, JSON to $TMPDIR/unisup-bench-quick/ (benchmarks/results/ keeps the committed figures).
+BENCH_ARGS ?=
 bench: setup
-	$(BIN)/python benchmarks/bench_materialize.py
-	$(BIN)/python benchmarks/bench_dataset.py
-	$(BIN)/python benchmarks/bench_online.py
-	$(BIN)/python benchmarks/serve_bench.py
+	@status=0; for script in bench_materialize bench_dataset bench_online serve_bench; do \
+	  echo "== benchmarks/$$script.py $(BENCH_ARGS)"; \
+	  $(BIN)/python benchmarks/$$script.py $(BENCH_ARGS) || status=1; \
+	done; exit $$status
 
 lint: setup
 	$(BIN)/ruff check pipelines serving tests benchmarks feature_repo examples

@@ -1,16 +1,31 @@
 """Helpers shared by the benchmarks: a private redis-server, per-measurement subprocesses with
-their own peak RSS, latency summaries, JSON results and a rich table.
+their own peak RSS, latency summaries, JSON results, a rich table and the exit status.
 
 Benchmarks never touch the machine's shared Redis on 6379: each starts its own server on a
-free loopback port and stops it on exit. Each measured path runs in its own child process so
-the peak RSS reported (ru_maxrss of exactly that child, via os.wait4) belongs to that path.
+free loopback port and stops it on exit, unless --redis names one to use instead (the tests pass
+theirs). Each measured path runs in its own child process so the peak RSS reported belongs to that
+path: the child's own VmHWM, which it writes at exit. (Not os.wait4's ru_maxrss: Linux carries the
+parent's high-water mark across the vfork + exec that starts the child, so every child would report
+at least the parent's peak; ru_maxrss is only the fallback for a child killed before it wrote.)
+A child that fails leaves its error and the last lines of its stderr in the row, and the script
+exits 1.
+
+Every script takes --quick (a smoke run on tiny data, every path including plain Feast) and --out;
+a quick run writes its JSON to $TMPDIR/unisup-bench-quick/ unless --out says otherwise, and never
+under benchmarks/results/, which holds the committed figures. Where a full run starts a child per
+path, a quick run calls that child's function in the script's own process (run_path): a fresh
+interpreter spends 12-14 s of CPU importing Feast (typeguard instruments its classes at import),
+several times the tiny measurement itself. Its rows have no peak RSS.
 """
 
 from __future__ import annotations
 
+import argparse
+import atexit
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import socket
@@ -18,14 +33,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+import traceback
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Self
+from urllib.parse import urlparse
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+STDERR_LINES = 20  # lines of a failed child's stderr kept in its row
+QUICK_DIR = Path(tempfile.gettempdir()) / "unisup-bench-quick"  # where --quick writes its JSON by default
+PEAK_FILE_ENV = "UNISUP_BENCH_PEAK_FILE"  # run_child -> child: where to write its peak RSS at exit
+
+
+def _write_peak_rss(path: str) -> None:
+    """This process's peak resident set (VmHWM, KiB) into `path`."""
+    found = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    if found:
+        Path(path).write_text(found.group(1))
+
+
+# popped, so only the child run_child started writes it, not processes that child starts
+if _peak_file := os.environ.pop(PEAK_FILE_ENV, None):
+    atexit.register(_write_peak_rss, _peak_file)
 
 
 def free_port() -> int:
@@ -41,17 +73,17 @@ class PrivateRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found (apt-get install redis-server)")
-        self.binary, self.port = binary, free_port()
+        self.binary, self.host, self.port = binary, "127.0.0.1", free_port()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="bench_redis_"))
         self.proc: subprocess.Popen | None = None
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        return f"redis://{self.host}:{self.port}/{db}"
 
     def client(self, db: int = 0):
         import redis
 
-        return redis.Redis(port=self.port, db=db)
+        return redis.Redis(host=self.host, port=self.port, db=db)
 
     def __enter__(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -88,13 +120,39 @@ class PrivateRedis:
         return self.client().info("memory")["used_memory"] / 2**20
 
 
+class ExistingRedis(PrivateRedis):
+    """A redis-server already running at `url` (its host and port; benchmarks pick their own
+    databases and flush them): the PrivateRedis interface, nothing started or stopped."""
+
+    def __init__(self, url: str):
+        parsed = urlparse(url)
+        self.host, self.port, self.proc = parsed.hostname or "127.0.0.1", parsed.port or 6379, None
+
+    def __enter__(self) -> Self:
+        self.client().ping()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+
+def redis_server(url: str | None, workdir: Path) -> PrivateRedis:
+    """The server a run uses: the one at --redis URL if given, else a private one under `workdir`."""
+    return ExistingRedis(url) if url else PrivateRedis(workdir)
+
+
 def run_child(script: Path, args: Sequence[str], timeout: float = 1800) -> dict:
     """Run `script --child ARGS` in a fresh interpreter; its last stdout line (JSON) plus its own
-    peak RSS. Reaped with wait4 only (Popen.wait would reap first and lose the rusage)."""
-    sink = tempfile.TemporaryFile()  # noqa: SIM115 - a file, not a pipe: a chatty child never blocks
-    proc = subprocess.Popen([sys.executable, str(script), "--child", *args], stdout=sink,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + timeout
+    peak RSS. Reaped with wait4 only (Popen.wait would reap first and lose the rusage).
+
+    A child that exits non-zero, times out or prints no JSON gives {"error": "<why>: <last line of
+    its stderr>", "stderr_tail": [its last STDERR_LINES lines], "peak_rss_mb"} instead."""
+    # files, not pipes: a chatty child never blocks
+    out_sink, err_sink = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115
+    peak_file = Path(tempfile.mkdtemp(prefix="bench_child_")) / "peak_kib"
+    proc = subprocess.Popen([sys.executable, str(script), "--child", *args], stdout=out_sink, stderr=err_sink,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), PEAK_FILE_ENV: str(peak_file)})
+    deadline, why = time.monotonic() + timeout, None
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
@@ -103,17 +161,57 @@ def run_child(script: Path, args: Sequence[str], timeout: float = 1800) -> dict:
         if time.monotonic() > deadline:
             proc.kill()
             _, _, usage = os.wait4(proc.pid, 0)
-            proc.returncode = -9
-            return {"error": f"timed out after {timeout:.0f}s", "peak_rss_mb": usage.ru_maxrss / 1024}
+            proc.returncode, why = -9, f"timed out after {timeout:.0f}s"
+            break
         time.sleep(0.05)
-    sink.seek(0)
-    out = sink.read().decode(errors="replace")
-    if proc.returncode != 0:
-        return {"error": f"exit {proc.returncode}", "peak_rss_mb": usage.ru_maxrss / 1024,
-                "tail": out[-2000:]}
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux reports KiB
+    out, err = (_read(sink) for sink in (out_sink, err_sink))
+    peak = round((int(peak_file.read_text()) if peak_file.exists() else usage.ru_maxrss) / 1024, 1)  # KiB
+    shutil.rmtree(peak_file.parent, ignore_errors=True)
+    if why is None and proc.returncode != 0:
+        why = f"exit {proc.returncode}"
+    if why is None:
+        try:
+            result = json.loads(out.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            why, err = "no JSON on stdout", err + out
+    if why is not None:
+        reason = error_line(err)
+        return {"error": f"{why}: {reason}" if reason else why, "peak_rss_mb": peak,
+                "stderr_tail": [line for line in err.splitlines() if line.strip()][-STDERR_LINES:]}
+    result["peak_rss_mb"] = peak
     return result
+
+
+def run_path(script: Path, args: Sequence[str], child: Callable[..., dict] | None = None,
+             timeout: float = 1800) -> dict:
+    """One measured path: `script --child ARGS` in a fresh interpreter (run_child), or, given
+    `child` (--quick), child(*ARGS) in this process, which measures no peak RSS of its own
+    (peak_rss_mb None). A failure is a row with "error" and "stderr_tail" either way."""
+    if child is None:
+        return run_child(script, args, timeout)
+    try:
+        return {**child(*map(str, args)), "peak_rss_mb": None}
+    except Exception:  # noqa: BLE001 - a failed path is a row of the report, as a child's exit is
+        trace = traceback.format_exc()
+        return {"error": f"raised: {error_line(trace)}", "peak_rss_mb": None,
+                "stderr_tail": [line for line in trace.splitlines() if line.strip()][-STDERR_LINES:]}
+
+
+def error_line(stderr: str) -> str:
+    """The exception line of the last traceback in `stderr` (the first unindented line after its
+    frames, so a message that runs over several lines still gives its first), else the last line."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    after = lines[starts[-1] + 1:] if starts else []
+    found = next((line for line in after if not line[0].isspace()), None) or (lines[-1] if lines else "")
+    return found.strip()[:300]
+
+
+def _read(sink) -> str:
+    sink.seek(0)
+    text = sink.read().decode(errors="replace")
+    sink.close()
+    return text
 
 
 def cpu_seconds() -> float:
@@ -142,12 +240,54 @@ def machine() -> dict:
             "redis_py": redis.__version__, "redis_server": server, "platform": platform.platform()}
 
 
-def write_json(path: Path | str, data: dict) -> Path:
-    """Write results; a bare name goes to benchmarks/results/<name>.json."""
-    path = Path(path) if isinstance(path, Path) or "/" in str(path) else RESULTS_DIR / f"{path}.json"
+def add_run_args(ap: argparse.ArgumentParser, name: str, quick: str, redis: bool = True) -> None:
+    """The options every benchmark has: --quick (`quick` says what it shrinks to), --out, and --redis
+    for those that use Redis."""
+    ap.add_argument("--quick", action="store_true",
+                    help=f"smoke run on tiny data, every path ({quick}); JSON to {QUICK_DIR}/ unless --out")
+    ap.add_argument("--out", help=f"JSON path, or a bare name for benchmarks/results/NAME.json [{name}; "
+                                  f"with --quick: {QUICK_DIR}/NAME.json]")
+    if redis:
+        ap.add_argument("--redis", metavar="URL", help="use the redis-server at URL (host and port; the "
+                                                       "databases used are flushed) instead of a private one")
+
+
+def output_path(out: str | None, name: str, quick: bool) -> Path:
+    """Where a run writes its JSON: --out (a bare name means benchmarks/results/<out>.json), else
+    benchmarks/results/<name>.json; a --quick run defaults to QUICK_DIR/<name>.json and may not write under
+    benchmarks/results/, whose files are the committed figures."""
+    if out is None:
+        out = str(QUICK_DIR / f"{name}.json") if quick else name
+    path = Path(out) if "/" in out or out.endswith(".json") else RESULTS_DIR / f"{out}.json"
+    if quick and path.resolve().is_relative_to(RESULTS_DIR):
+        raise SystemExit(f"--quick does not write under {RESULTS_DIR} (the committed figures): "
+                         "give --out a path elsewhere")
+    return path
+
+
+def write_json(path: Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
+
+
+def failures(rows: Iterable[dict], label: str = "label") -> list[str]:
+    """'<label>: <error>' for each row that failed, in order."""
+    return [f"{r[label]}: {r['error']}" for r in rows if r.get("error")]
+
+
+def finish(path: Path, failed: Sequence[str], rows: Iterable[dict] = ()) -> None:
+    """Print where the JSON went; if anything failed, each failed child's stderr tail and the
+    failures, then exit 1."""
+    print(f"wrote {path}")
+    if not failed:
+        return
+    for r in rows:
+        if r.get("stderr_tail"):
+            print(f"--- stderr of {r.get('label') or r.get('engine') or r.get('path')} (last lines):",
+                  *r["stderr_tail"], sep="\n    ", file=sys.stderr)
+    print("FAILED:", *failed, sep="\n  ", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
@@ -158,5 +298,5 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[obje
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
-        table.add_row(*(f"{v:,.1f}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(*(f"{v:,.1f}" if isinstance(v, float) else "-" if v is None else str(v) for v in row))
     Console(width=max(Console().width, 140)).print(table)

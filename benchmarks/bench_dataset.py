@@ -5,13 +5,18 @@ pair views of --pair-rows rows each over several snapshots, --items item profile
 query profiles) and --entity-rows entity rows, then times `historical_features` (ours) and
 `feast_historical` (Feast's get_historical_features, reordered to the entity rows) over the
 `training` service. Each measurement runs in its own subprocess (benchmarks/_common.run_child)
-so its peak RSS (os.wait4's ru_maxrss for exactly that child) is its own, imports included.
+so its peak RSS (that child's own VmHWM) is its own, imports included.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_dataset.py
     PYTHONPATH=. .venv/bin/python benchmarks/bench_dataset.py --entity-rows 200000 --pair-rows 200000
 
 Feast runs once at --feast-rows (default 1M: 17-23 s and ~2.4 GB peak here); if that fails or
-times out it is measured at 100k instead, with ours re-measured at that size for the ratio.
+times out it is measured at 100k instead, with ours re-measured at that size for the ratio (the
+failed attempt stays in the JSON as a row with its error; the script still exits 0). Any other
+failed child shows its error and stderr in the table and the JSON, and the script exits 1.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_dataset.py --quick   # smoke: 20k rows per view, 10k entity
+                                                                         # rows, in this process, no peak RSS
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import RESULTS_DIR, machine, print_table, run_child, write_json
+from benchmarks._common import add_run_args, failures, finish, machine, output_path, print_table, run_path, write_json
 
 AS_OF = pd.Timestamp("2026-11-01", tz="UTC")
 
@@ -82,8 +87,9 @@ def pair_table(view, pairs: pd.DataFrame, rows: int, snapshot_days: list[int],
 def build(root: Path, pair_rows: int, pairs: int, items: int, queries: int, entity_rows: int,
           seed: int) -> Path:
     """Apply the project's feature repo to a workspace under `root`; write tables and entity rows."""
+    from pipelines.features.produce import conform
     from pipelines.features.repo import apply
-    from pipelines.signals.build import conform, table_path
+    from pipelines.signals.spec import table_path
     from pipelines.workspace import DEFAULT_REPO, Workspace
 
     repo = root / "repo"
@@ -114,7 +120,7 @@ def build(root: Path, pair_rows: int, pairs: int, items: int, queries: int, enti
         view = contents.signal(name).view
         out = table_path(ws, view)
         out.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(conform(view, df), out)
+        pq.write_table(conform(view, df, contents.join_keys(view)), out)  # declared views lack join keys
     known = pair_df.iloc[rng.integers(0, len(pair_df), entity_rows)].reset_index(drop=True)
     unknown = rng.random(entity_rows) < 0.15  # pairs no pair view has: nulls, profiles still join
     known.loc[unknown, "item_id"] = iids[rng.integers(0, items, int(unknown.sum()))]
@@ -146,7 +152,7 @@ def measure(workspace: Path, repo: Path, entities: Path, engine: str, rows: int,
     wall, user, system = [], [], []
     for _ in range(repeat):
         t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-        out = historical_features(ws, store, service, ent) if engine == "pit" else feast_historical(store, service, ent)
+        out = historical_features(store, service, ent) if engine == "pit" else feast_historical(store, service, ent)
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         wall.append(round(time.perf_counter() - t0, 3))
         user.append(round(r1.ru_utime - r0.ru_utime, 3))
@@ -156,6 +162,11 @@ def measure(workspace: Path, repo: Path, entities: Path, engine: str, rows: int,
     return {"engine": engine, "rows": len(ent), "seconds": wall, "user_seconds": user,
             "sys_seconds": system, "cpu_seconds": [round(u + s, 3) for u, s in zip(user, system)],
             "rss_before_call_mb": round(rss_before, 1)}
+
+
+def child(workspace: str, repo: str, entities: str, engine: str, rows: str, repeat: str) -> dict:
+    """measure() from the command line's strings (--child)."""
+    return measure(Path(workspace), Path(repo), Path(entities), engine, int(rows), int(repeat))
 
 
 def main() -> None:
@@ -170,13 +181,20 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="calls per run of ours; Feast runs once")
     ap.add_argument("--feast-timeout", type=float, default=900)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "dataset.json")
+    add_run_args(ap, "dataset", quick="20k rows per pair view, 10k entity rows for both engines, 2 calls, "
+                                      "paths in this process",
+                 redis=False)
     ap.add_argument("--child", nargs=6, metavar=("WS", "REPO", "ENTITIES", "ENGINE", "ROWS", "REPEAT"))
     a = ap.parse_args()
     if a.child:
-        ws, repo, ent, engine, rows, repeat = a.child
-        print(json.dumps(measure(Path(ws), Path(repo), Path(ent), engine, int(rows), int(repeat))))
+        print(json.dumps(child(*a.child)))
         return
+    if a.quick:
+        a.pair_rows, a.pairs, a.items, a.queries = (min(a.pair_rows, 20_000), min(a.pairs, 5_000),
+                                                    min(a.items, 2_000), min(a.queries, 1_000))
+        a.entity_rows, a.feast_rows, a.repeat = min(a.entity_rows, 10_000), min(a.feast_rows, 10_000), min(a.repeat, 2)
+        a.feast_timeout = min(a.feast_timeout, 300)
+    out = output_path(a.out, "dataset", a.quick)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_dataset_"))
     script = Path(__file__).resolve()
@@ -188,13 +206,13 @@ def main() -> None:
 
         def run(engine: str, rows: int, repeat: int, timeout: float) -> dict:
             print(f"running {engine} on {rows:,} entity rows ...", flush=True)
-            r = run_child(script, [*common, engine, str(rows), str(repeat)], timeout)
+            r = run_path(script, [*common, engine, str(rows), str(repeat)], child if a.quick else None, timeout)
             return {"engine": engine, "rows": rows, **r}
 
         runs = [run("pit", a.entity_rows, a.repeat, 600)]
         feast = run("feast", a.feast_rows, 1, a.feast_timeout)
         if "error" in feast and a.feast_rows > 100_000:
-            runs.append(feast)
+            runs.append({**feast, "fallback": "measured again at 100k rows"})
             feast = run("feast", 100_000, 1, a.feast_timeout)
         if feast["rows"] != a.entity_rows:
             runs.append(run("pit", feast["rows"], a.repeat, 600))
@@ -204,35 +222,37 @@ def main() -> None:
 
     rows = []
     for r in runs:
-        if "error" in r:
+        if r.get("error"):
             rows.append((r["engine"], f"{r['rows']:,}", r["error"], "", "", "", r["peak_rss_mb"]))
             continue
         rows.append((r["engine"], f"{r['rows']:,}", f"{r['seconds'][0]:.2f}", f"{min(r['seconds']):.2f}",
                      f"{min(r['cpu_seconds']):.2f}", r["rss_before_call_mb"], r["peak_rss_mb"]))
-    ok = {(r["engine"], r["rows"]): r for r in runs if "error" not in r}
+    ok = {(r["engine"], r["rows"]): r for r in runs if not r.get("error")}
     ratio = {}
     if feast.get("seconds") and ("pit", feast["rows"]) in ok:
         ours = ok[("pit", feast["rows"])]
         ratio = {"rows": feast["rows"],
                  "time_first_call": round(feast["seconds"][0] / ours["seconds"][0], 1),
                  "time_best": round(min(feast["seconds"]) / min(ours["seconds"]), 1),
-                 "peak_rss": round(feast["peak_rss_mb"] / ours["peak_rss_mb"], 2)}
+                 "peak_rss": round(feast["peak_rss_mb"] / ours["peak_rss_mb"], 2) if ours["peak_rss_mb"] else None}
     print_table("Point-in-time set, service 'training': pit vs Feast 0.67 (duckdb)",
                 ["engine", "entity rows", "s first call", "s best", "cpu s best", "RSS before MB",
                  "peak RSS MB"], rows)
     if ratio:
+        rss = f", {ratio['peak_rss']}x peak RSS" if ratio["peak_rss"] else ""
         print(f"Feast / ours at {ratio['rows']:,} rows: {ratio['time_first_call']}x time (first call), "
-              f"{ratio['time_best']}x (best), {ratio['peak_rss']}x peak RSS")
-    path = write_json(a.out, {
-        "benchmark": "dataset", "service": "training",
+              f"{ratio['time_best']}x (best){rss}")
+    failed = failures([r for r in runs if "fallback" not in r], label="engine")
+    path = write_json(out, {
+        "benchmark": "dataset", "service": "training", "quick": a.quick,
         "command": "PYTHONPATH=. .venv/bin/python benchmarks/bench_dataset.py " + " ".join(sys.argv[1:]),
         "shape": {"pair_rows_per_view": a.pair_rows, "pairs": a.pairs, "items": a.items,
                   "queries": a.queries, "entity_rows": a.entity_rows, "seed": a.seed},
         "notes": "seconds: wall per call inside a fresh process (first call includes allocator warm-up);"
                  " peak RSS: ru_maxrss of that process, imports and the entity frame included",
-        "machine": machine(), "runs": runs, "feast_over_pit": ratio,
+        "machine": machine(), "runs": runs, "failed": failed, "feast_over_pit": ratio,
     })
-    print(f"wrote {path}")
+    finish(path, failed, runs)
 
 
 if __name__ == "__main__":

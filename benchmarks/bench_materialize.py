@@ -4,7 +4,8 @@ Writes --rows seeded synthetic rows (distinct (query, item) pairs, 5% null featu
 pair view (--view, default engagement_stats) into a throwaway workspace, starts a private
 redis-server, and times full materialization of that view through our path (dedup on, against
 an empty store; the same again, when every row is already stored and dedup skips it; dedup off)
-and through Feast. Each measurement runs in its own subprocess, so its peak RSS is its own.
+and through Feast. Each measurement runs in its own subprocess, so its peak RSS is its own
+(--quick: 5k rows, each in this process, no peak RSS).
 Times include reading the parquet table (duckdb for us, Feast's offline store for Feast).
 
 Wall time on a shared machine depends on everyone else's load, so each run also records the
@@ -14,9 +15,11 @@ server work in parallel) a run takes about max(client, server) CPU seconds, repo
 
 Feast is timed on a --feast-rows table built the same way (default 100k; 1M takes minutes), and
 we are timed on that same table too; the ratio compares rows/s on it. Afterwards the Redis
-databases Feast and we wrote for the subset are compared key by key, field by field.
+databases Feast and we wrote for the subset are compared key by key, field by field. A path whose
+child fails shows its error and stderr in the table and the JSON, and the script exits 1 (so does
+a difference from Feast's bytes).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_materialize.py [--rows N] [--quick]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_materialize.py [--rows N] [--quick] [--out PATH]
 """
 
 from __future__ import annotations
@@ -40,7 +43,18 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import PrivateRedis, cpu_seconds, machine, print_table, run_child, write_json
+from benchmarks._common import (
+    add_run_args,
+    cpu_seconds,
+    failures,
+    finish,
+    machine,
+    output_path,
+    print_table,
+    redis_server,
+    run_path,
+    write_json,
+)
 
 warnings.filterwarnings("ignore")  # Feast's experimental-ODFV and ibis deprecation notices
 
@@ -52,7 +66,7 @@ def synthetic_rows(view, n: int, seed: int) -> pa.Table:
 
     Keys depend on n only, so every pair view built with the same n holds the same pairs;
     item or query views keep their own key column (repeats resolve to the latest row)."""
-    from pipelines.signals.build import view_schema
+    from pipelines.features.produce import view_schema
 
     rng = np.random.default_rng(seed)
     qi, j = np.arange(n) // 100, np.arange(n) % 100
@@ -87,7 +101,7 @@ def feature_columns(view, n: int, rng: np.random.Generator) -> dict[str, pa.Arra
 def build(root: Path, online: str, view_name: str, rows: int, seed: int):
     """An applied workspace whose `view_name` table holds the first `rows` synthetic rows."""
     from pipelines.features.repo import apply, feature_store
-    from pipelines.signals.build import table_path
+    from pipelines.signals.spec import table_path
     from pipelines.workspace import Workspace
 
     ws = Workspace(root=root, online=online)
@@ -139,8 +153,8 @@ def same_content(a, b) -> dict:
 
 
 def _row(r: dict) -> tuple:
-    if "seconds" not in r:
-        return (r["label"], f"{r['rows']:,}", r.get("error"), "-", "-", "-", "-", r["peak_rss_mb"])
+    if r.get("error"):
+        return (r["label"], f"{r['rows']:,}", r["error"], "-", "-", "-", "-", r["peak_rss_mb"])
     return (r["label"], f"{r['rows']:,}", f"{r['seconds']:.2f}", f"{r['rows_per_s']:,}",
             f"{r['cpu_bound_rows_per_s']:,}", f"{r['client_cpu_s']:.2f} / {r['redis_cpu_s']:.2f}",
             "-" if r["written"] is None else f"{r['written']:,}", r["peak_rss_mb"])
@@ -153,20 +167,22 @@ def main() -> None:
     ap.add_argument("--view", default="engagement_stats")
     ap.add_argument("--batch-size", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="100k rows, Feast on 20k")
-    ap.add_argument("--out", default="bench_materialize")
+    add_run_args(ap, "bench_materialize", quick="5k rows, Feast on 2k, paths in this process")
     ap.add_argument("--child", nargs=6)
     a = ap.parse_args()
     if a.child:
         print(json.dumps(child(*a.child)))
         return
     if a.quick:
-        a.rows, a.feast_rows = min(a.rows, 100_000), min(a.feast_rows, 20_000)
+        a.rows, a.feast_rows = min(a.rows, 5_000), min(a.feast_rows, 2_000)
     a.feast_rows = min(a.feast_rows, a.rows)
+    out = output_path(a.out, "bench_materialize", a.quick)
     tmp = Path(tempfile.mkdtemp(prefix="bench_materialize_"))
     script, runs = Path(__file__).resolve(), {}
     try:
-        with PrivateRedis(tmp / "redis") as server:
+        with redis_server(a.redis, tmp / "redis") as server:
+            for db in range(3):
+                server.client(db).flushdb()
             t0 = time.perf_counter()
             full = build(tmp / "full", server.url(0), a.view, a.rows, a.seed)
             sub = build(tmp / "sub", server.url(1), a.view, a.feast_rows, a.seed)
@@ -181,7 +197,8 @@ def main() -> None:
                     server.client(db).flushdb()
                 print(f"running: {label} ({rows:,} rows) ...", flush=True)
                 redis_cpu = server.cpu_seconds()
-                r = run_child(script, [engine, str(root), server.url(db), a.view, dedup, str(a.batch_size)])
+                r = run_path(script, [engine, str(root), server.url(db), a.view, dedup, str(a.batch_size)],
+                             child=child if a.quick else None)
                 r.update(engine=engine, rows=rows, dedup=dedup, label=label,
                          redis_cpu_s=round(server.cpu_seconds() - redis_cpu, 3), load_avg=os.getloadavg()[0])
                 if "seconds" in r:
@@ -193,20 +210,24 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ours_sub, feast = runs["ours, dedup on, Feast's subset"], runs["plain Feast store.materialize"]
-    ratio = round(ours_sub["rows_per_s"] / feast["rows_per_s"], 1) if "rows_per_s" in feast else None
-    cpu_ratio = (round(ours_sub["cpu_bound_rows_per_s"] / feast["cpu_bound_rows_per_s"], 1)
-                 if "rows_per_s" in feast else None)
+    both = "rows_per_s" in feast and "rows_per_s" in ours_sub
+    ratio = round(ours_sub["rows_per_s"] / feast["rows_per_s"], 1) if both else None
+    cpu_ratio = round(ours_sub["cpu_bound_rows_per_s"] / feast["cpu_bound_rows_per_s"], 1) if both else None
+    failed = failures(runs.values())
+    if both and not check["identical"]:
+        failed.append(f"ours differs from Feast's bytes: {check}")
     result = {"view": a.view, "rows": a.rows, "feast_rows": a.feast_rows, "batch_size": a.batch_size,
+              "quick": a.quick,
               "note": f"Feast timed on a {a.feast_rows:,}-row table; ratio = our rows/s / Feast's on it",
-              "runs": list(runs.values()), "speedup_vs_feast": ratio,
+              "runs": list(runs.values()), "failed": failed, "speedup_vs_feast": ratio,
               "cpu_bound_speedup_vs_feast": cpu_ratio, "byte_identical_to_feast": check,
               "redis_used_memory_mb_end": redis_mb, "machine": machine()}
-    path = write_json(a.out, result)
+    path = write_json(out, result)
     print_table(f"materialize {a.view} into Redis: {ratio}x Feast's rows/s on {a.feast_rows:,} rows "
                 f"({cpu_ratio}x CPU-bound); byte-identical to Feast: {check['identical']}",
                 ["path", "rows", "seconds", "rows/s", "CPU-bound rows/s", "client / redis CPU s",
                  "written", "peak RSS MB"], [_row(r) for r in runs.values()])
-    print(f"wrote {path}")
+    finish(path, failed, runs.values())
 
 
 if __name__ == "__main__":

@@ -22,7 +22,13 @@ OnlineFeatures (the service's path) and Feast's get_online_features(...).to_df()
 --soak-minutes N: N more minutes at concurrency 8; passes with zero errors and < 10% growth of
 the server processes' RSS over the soak (first sample after one minute).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/serve_bench.py [--duration 30] [--items 54000] [--quick]
+A level with failed requests or none at all, a lookup path that raises, or a failed soak is listed
+under "failed" in the JSON and makes the script exit 1. --quick is a smoke run of every level and
+lookup path on the smallest setup that serves: the lake of tests/test_serving.py (400 items, 80
+queries, the off-the-shelf minilm-l6-v2 encoding its catalog in seconds, no shared embedding cache),
+one server process, 1 s per level.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/serve_bench.py [--duration 30] [--items 54000] [--quick] [--out PATH]
 """
 
 from __future__ import annotations
@@ -45,9 +51,19 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import PrivateRedis, free_port, latency_summary, machine, print_table, write_json
+from benchmarks._common import (
+    add_run_args,
+    finish,
+    free_port,
+    latency_summary,
+    machine,
+    output_path,
+    print_table,
+    redis_server,
+    write_json,
+)
 from benchmarks.bench_materialize import feature_columns
-from serving.config import ServeConfig
+from pipelines.settings import Settings
 from serving.process import ServiceProcess
 
 warnings.filterwarnings("ignore")  # Feast's experimental-ODFV and ibis deprecation notices
@@ -56,28 +72,32 @@ K = 100
 STAGES = ("queue", "encode", "search", "features", "blend")
 CACHE = Path(tempfile.gettempdir()) / "unisup-bench-cache"
 TARGETS = {"p50_ms_c1": 15.0, "p99_ms_c1": 40.0, "rps_c8": 100.0}
+SERVE = Settings.model_fields  # the service's settings: the server's defaults and their help
 
 
-def build(root: Path, online: str, items: int, queries: int, kind: str, seed: int):
-    """Workspace with lake, index, feature tables for every query's top-100, Redis and the blend."""
+def build(root: Path, online: str, items: int, queries: int, kind: str, seed: int, shared_cache: bool = True):
+    """Workspace with lake, index, feature tables for every query's top-100, Redis and the blend.
+    shared_cache: keep catalog embeddings in CACHE across runs (else in the workspace)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from pipelines.features.produce import view_schema
     from pipelines.features.redis_fast import materialize_redis
     from pipelines.features.repo import apply, feature_store
     from pipelines.index.build import IndexConfig, build_index
     from pipelines.index.fit_blend import fit_blend
     from pipelines.index.store import load_encoder, load_index
     from pipelines.ingest.synthetic import generate_synthetic
-    from pipelines.signals.build import table_path, view_schema
+    from pipelines.signals.spec import table_path
     from pipelines.workspace import Workspace
 
     ws = Workspace(root=root, online=online)
     now = pd.Timestamp.now(tz="UTC").floor("s")
     generate_synthetic(ws.lake, n_items=items, n_queries=queries, seed=seed, as_of=now - pd.Timedelta(hours=1))
     apply(ws)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    ws.cache_dir.symlink_to(CACHE, target_is_directory=True)
+    if shared_cache:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        ws.cache_dir.symlink_to(CACHE, target_is_directory=True)
     manifest = build_index(ws, IndexConfig(kind=kind))
     loaded = load_index(ws.indexes_dir / manifest.index_version)
     lake_queries = ws.lake.read("queries")
@@ -198,13 +218,17 @@ def lookup_paths(ws, pairs: dict[str, list[str]], iterations: int) -> list[dict]
     }
     out = []
     for label, call in paths.items():
-        for batch in batches[:30]:
-            call(batch)
-        times = []
-        for n in range(iterations):
-            t0 = time.perf_counter()
-            call(batches[n % len(batches)])
-            times.append(time.perf_counter() - t0)
+        try:
+            for batch in batches[:30]:
+                call(batch)
+            times = []
+            for n in range(iterations):
+                t0 = time.perf_counter()
+                call(batches[n % len(batches)])
+                times.append(time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 - a failed path is a row of the report, not the end of it
+            out.append({"path": label, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            continue
         out.append({"path": label, **latency_summary(times)})
     return out
 
@@ -229,27 +253,33 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=54_000, help="catalog size (Home Depot: ~54k)")
     ap.add_argument("--queries", type=int, default=1000, help="lake queries; requests cycle through them")
     ap.add_argument("--index-kind", default="flat", help="flat (exact, default) | hnsw (recall@100 reported)")
-    ap.add_argument("--torch-threads", type=int, default=ServeConfig.torch_threads,
-                    help="encoder threads per server process (UNISUP_TORCH_THREADS)")
-    ap.add_argument("--workers", type=int, default=ServeConfig.workers, help="server processes (UNISUP_WORKERS)")
-    ap.add_argument("--lanes", type=int, default=ServeConfig.lanes,
-                    help="concurrent batches per process (UNISUP_LANES)")
+    ap.add_argument("--torch-threads", type=int, help=f"{SERVE['torch_threads'].description} (UNISUP_TORCH_THREADS)")
+    ap.add_argument("--workers", type=int, help=f"{SERVE['workers'].description} (UNISUP_WORKERS) "
+                                                f"[{SERVE['workers'].default}; --quick: 1]")
+    ap.add_argument("--lanes", type=int, default=SERVE["lanes"].default,
+                    help=f"{SERVE['lanes'].description} (UNISUP_LANES)")
     ap.add_argument("--lookups", type=int, default=500, help="timed calls per lookup path")
     ap.add_argument("--soak-minutes", type=float, default=0, help="opt-in soak at concurrency 8 (e.g. 10)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="5 s levels, 5k items, 200 lookups")
-    ap.add_argument("--out", default="serve")
+    add_run_args(ap, "serve", quick="400 items, 80 queries, 1 server process, 1 s per level, 20 lookups")
     a = ap.parse_args()
     if a.quick:
-        a.duration, a.items, a.lookups = min(a.duration, 5), min(a.items, 5000), min(a.lookups, 200)
+        a.duration, a.warmup = min(a.duration, 1), min(a.warmup, 0.5)
+        a.items, a.queries, a.lookups = min(a.items, 400), min(a.queries, 80), min(a.lookups, 20)
+        a.soak_minutes = min(a.soak_minutes, 1)
+    a.workers = a.workers or (1 if a.quick else SERVE["workers"].default)
+    # what the server will use, as it resolves it (the flag, else THREADS / WORKERS)
+    a.torch_threads = Settings.load(workers=a.workers, torch_threads=a.torch_threads).encoder_threads
+    out = output_path(a.out, "serve", a.quick)
     tmp = Path(tempfile.mkdtemp(prefix="serve_bench_"))
     started = {"load_avg": [round(x, 2) for x in os.getloadavg()], "time": pd.Timestamp.now(tz="UTC").isoformat()}
     server = None
     try:
-        with PrivateRedis(tmp / "redis") as redis_server:
+        with redis_server(a.redis, tmp / "redis") as redis:
+            redis.client(0).flushdb()
             t0 = time.perf_counter()
-            ws, manifest, texts, pairs = build(tmp / "ws", redis_server.url(0), a.items, a.queries, a.index_kind,
-                                               a.seed)
+            ws, manifest, texts, pairs = build(tmp / "ws", redis.url(0), a.items, a.queries, a.index_kind,
+                                               a.seed, shared_cache=not a.quick)
             print(f"built workspace, index and features for {len(pairs):,} queries in {time.perf_counter() - t0:.0f}s")
             rng = random.Random(a.seed)
             bodies = [json.dumps({"query": t, "k": K, "with_features": True}).encode() for t in texts]
@@ -260,7 +290,7 @@ def main() -> None:
             server.wait_ready()
             levels = []
             for c in LEVELS:
-                print(f"concurrency {c}: {a.warmup:.0f}s warm-up + {a.duration:.0f}s ...", flush=True)
+                print(f"concurrency {c}: {a.warmup:g}s warm-up + {a.duration:g}s ...", flush=True)
                 levels.append(run_level(server, bodies, c, a.duration, a.warmup))
             soaked = soak(server, bodies, a.soak_minutes) if a.soak_minutes > 0 else None
             server.stop()
@@ -270,24 +300,38 @@ def main() -> None:
         if server is not None:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    report(a, manifest, levels, lookups, soaked, started)
+    report(a, out, manifest, levels, lookups, soaked, started)
 
 
-def report(a, manifest, levels: list[dict], lookups: list[dict], soaked: dict | None, started: dict) -> None:
+def failures(levels: list[dict], lookups: list[dict], soaked: dict | None) -> list[str]:
+    """What failed: levels with failed requests or none, lookup paths that raised, a failed soak."""
+    failed = [f"concurrency {lv['concurrency']}: {lv['errors']} of {lv['requests']} requests failed "
+              f"({', '.join(lv['error_kinds']) or 'none sent'})" for lv in levels if lv["errors"] or not lv["requests"]]
+    failed += [f"{r['path']}: {r['error']}" for r in lookups if r.get("error")]
+    if soaked and not soaked["pass"]:
+        failed.append(f"soak: {soaked['errors']} errors, RSS {soaked['rss_growth_percent']:+.1f}%")
+    return failed
+
+
+def report(a, out: Path, manifest, levels: list[dict], lookups: list[dict], soaked: dict | None,
+           started: dict) -> None:
     by_c = {lv["concurrency"]: lv for lv in levels}
     met = {"p50_ms_c1": by_c[1].get("p50_ms"), "p99_ms_c1": by_c[1].get("p99_ms"), "rps_c8": by_c[8]["req_per_s"]}
     checks = {"p50_ms_c1": met["p50_ms_c1"] is not None and met["p50_ms_c1"] <= TARGETS["p50_ms_c1"],
               "p99_ms_c1": met["p99_ms_c1"] is not None and met["p99_ms_c1"] <= TARGETS["p99_ms_c1"],
               "rps_c8": met["rps_c8"] >= TARGETS["rps_c8"]}
     ours, feast = lookups[0], lookups[2]
+    speedup = round(feast["p50_ms"] / ours["p50_ms"], 1) if "p50_ms" in feast and "p50_ms" in ours else None
+    failed = failures(levels, lookups, soaked)
     result = {"k": K, "items": a.items, "queries": a.queries, "duration_s": a.duration, "warmup_s": a.warmup,
+              "quick": a.quick,
               "index": {"kind": manifest.kind, "params": manifest.params, "recall_at_100": manifest.recall_at_100},
               "torch_threads": a.torch_threads, "workers": a.workers, "lanes": a.lanes, "levels": levels,
               "lookup_100_pairs": lookups,
-              "lookup_p50_speedup_vs_feast": round(feast["p50_ms"] / ours["p50_ms"], 1),
+              "lookup_p50_speedup_vs_feast": speedup, "failed": failed,
               "soak": soaked, "targets": TARGETS, "measured": met, "met": checks,
               "started": started, "machine": machine()}
-    path = write_json(a.out, result)
+    path = write_json(out, result)
     rows = []
     for lv in levels:
         st = lv["stages_ms"]
@@ -297,19 +341,20 @@ def report(a, manifest, levels: list[dict], lookups: list[dict], soaked: dict | 
                      lv["mean_encode_batch"], f"{lv['server_cpu_percent']:.0f} / {lv['client_cpu_percent']:.0f}",
                      f"{lv['load_avg_1m'][0]:.1f} -> {lv['load_avg_1m'][1]:.1f}"))
     print_table(f"/retrieve k={K}, features from Redis, {a.items:,} items, {manifest.kind} index (recall@100 "
-                f"{manifest.recall_at_100}), {a.duration:.0f}s per level",
+                f"{manifest.recall_at_100}), {a.duration:g}s per level",
                 ["concurrency", "p50 ms", "p99 ms", "req/s", "errors", "queue ms", "encode ms", "search ms",
                  "features ms", "blend ms", "other ms", "encode batch", "CPU % server / client", "load 1m"], rows)
     print_table(f"one lookup of 100 pairs x retriever_online from Redis (Feast / ours p50: "
                 f"{result['lookup_p50_speedup_vs_feast']}x)", ["path", "p50 ms", "p99 ms", "mean ms"],
-                [(r["path"], r["p50_ms"], r["p99_ms"], r["mean_ms"]) for r in lookups])
+                [(r["path"], *(r[k] for k in ("p50_ms", "p99_ms", "mean_ms"))) if "p50_ms" in r
+                 else (r["path"], r["error"], "", "") for r in lookups])
     if soaked:
         print(f"soak {soaked['minutes']} min at concurrency 8: {soaked['requests']:,} requests, {soaked['errors']} "
               f"errors, server RSS {soaked['rss_mb'][0]} -> {soaked['rss_mb'][-1]} MB "
               f"({soaked['rss_growth_percent']:+.1f}%): {'pass' if soaked['pass'] else 'FAIL'}")
     print("targets: " + ", ".join(f"{k} {met[k]} (target {TARGETS[k]}) {'ok' if checks[k] else 'MISSED'}"
                                   for k in TARGETS))
-    print(f"wrote {path}")
+    finish(path, failed)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+"""Every benchmark script's --quick smoke run, as a subprocess against this session's private
+redis-server: it exits 0, writes its JSON where --out says (never over benchmarks/results/), and
+the JSON has a row for each path it measures, none with an error. No timing is asserted: these
+runs share two cores with everything else.
+
+--quick runs each path in the script's own process, so the per-path child processes of a full run
+are tested here without Feast: a child's JSON and its own peak RSS come back, a child that fails
+is reported with its exception and stderr, and the run then exits 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+
+
+def load_common():
+    """benchmarks/_common.py as a module (benchmarks/ is scripts, not an installed package)."""
+    spec = importlib.util.spec_from_file_location("bench_common", BENCHMARKS / "_common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def committed_results() -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(RESULTS.glob("*.json"))}
+
+
+def run_quick(script: str, out: Path, redis_server=None) -> dict:
+    """`script --quick --out OUT [--redis URL]`; its JSON, after checking it exited 0 and left the
+    committed results alone."""
+    before = committed_results()
+    cmd = [sys.executable, str(BENCHMARKS / script), "--quick", "--out", str(out)]
+    if redis_server is not None:
+        redis_server.flush()
+        cmd += ["--redis", redis_server.url]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=540,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, (f"{script} --quick exited {proc.returncode}\n--- stdout:\n{proc.stdout[-4000:]}"
+                                  f"\n--- stderr:\n{proc.stderr[-6000:]}")
+    assert committed_results() == before
+    data = json.loads(out.read_text())
+    assert data["quick"] is True and data["failed"] == []
+    return data
+
+
+def assert_rows(rows: list[dict], key: str, expected: list) -> None:
+    """One row per expected path, in order, and none with an error."""
+    assert [r[key] for r in rows] == expected
+    assert [r for r in rows if r.get("error")] == []
+
+
+def test_bench_materialize_quick(tmp_path, redis_server):
+    data = run_quick("bench_materialize.py", tmp_path / "materialize.json", redis_server)
+    assert_rows(data["runs"], "label", ["ours, dedup on, empty Redis", "ours, dedup on, all rows already stored",
+                                        "ours, dedup off (initial load)", "ours, dedup on, Feast's subset",
+                                        "plain Feast store.materialize"])
+    assert all("seconds" in r for r in data["runs"])
+    assert data["byte_identical_to_feast"]["identical"] is True
+
+
+def test_bench_dataset_quick(tmp_path):
+    data = run_quick("bench_dataset.py", tmp_path / "dataset.json")
+    assert_rows(data["runs"], "engine", ["pit", "feast"])
+    assert all(len(r["seconds"]) >= 1 and r["rows"] == data["shape"]["entity_rows"] for r in data["runs"])
+    assert data["feast_over_pit"]["rows"] == data["shape"]["entity_rows"]
+
+
+def test_bench_online_quick(tmp_path, redis_server):
+    data = run_quick("bench_online.py", tmp_path / "online.json", redis_server)
+    labels = ["ours -> DataFrame", "ours -> dict of columns", "Feast get_online_features().to_df()"]
+    assert_rows(data["runs"], "label", labels)
+    assert set(data["all_rounds"]) == set(labels)
+    assert [r for rounds in data["all_rounds"].values() for r in rounds if r.get("error")] == []
+    assert all(r["calls"] == data["iterations"] for r in data["runs"])
+    assert "gate_udf_p50_ms" in data["runs"][0]  # the gate ran on its real inputs
+    assert data["equal_to_feast"] is True
+
+
+@pytest.mark.slow  # ~90 s on 2 shared cores: a real MiniLM, a BentoML server, Feast
+def test_serve_bench_quick(tmp_path, redis_server):
+    data = run_quick("serve_bench.py", tmp_path / "serve.json", redis_server)
+    assert [lv["concurrency"] for lv in data["levels"]] == [1, 8, 32]
+    assert all(lv["requests"] > 0 and lv["errors"] == 0 for lv in data["levels"])
+    assert_rows(data["lookup_100_pairs"], "path", ["OnlineFeatures.get_online_columns (served)",
+                                                   "OnlineFeatures.get_online_features -> DataFrame",
+                                                   "Feast get_online_features(...).to_df()"])
+
+
+def test_a_failed_child_shows_its_exception_and_the_run_exits_1(tmp_path, capsys):
+    common = load_common()
+    script = tmp_path / "child.py"
+    script.write_text("import sys\nprint('starting', file=sys.stderr)\n"
+                      "raise KeyError('grade_p2')\n")
+    row = {"label": "ours -> DataFrame", **common.run_child(script, ["x"])}
+    assert row["error"] == "exit 1: KeyError: 'grade_p2'"
+    assert row["stderr_tail"][0] == "starting" and row["stderr_tail"][-1] == "KeyError: 'grade_p2'"
+    failed = common.failures([row, {"label": "ok path", "p50_ms": 1.0}])
+    assert failed == ["ours -> DataFrame: exit 1: KeyError: 'grade_p2'"]
+    with pytest.raises(SystemExit) as exit_:
+        common.finish(tmp_path / "out.json", failed, [row])
+    assert exit_.value.code == 1
+    assert "KeyError: 'grade_p2'" in capsys.readouterr().err
+
+
+def test_a_quick_path_that_raises_is_a_failed_row(tmp_path):
+    common = load_common()
+
+    def child(engine: str, rows: str) -> dict:
+        assert rows == "100"  # arguments arrive as the command line would pass them
+        return {"engine": engine, "p50_ms": 1.0} if engine == "feast" else {}["grade_p2"]
+
+    assert common.run_path(tmp_path / "unused.py", ["feast", 100], child) == {
+        "engine": "feast", "p50_ms": 1.0, "peak_rss_mb": None}
+    row = common.run_path(tmp_path / "unused.py", ["ours", 100], child)
+    assert row["error"] == "raised: KeyError: 'grade_p2'" and row["stderr_tail"][-1] == "KeyError: 'grade_p2'"
+
+
+def test_a_child_s_json_and_its_own_peak_rss(tmp_path):
+    common = load_common()
+    script = tmp_path / "child.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport benchmarks._common\n"
+                      "print('noise')\nprint('{\"p50_ms\": 1.5}')\n")
+    ballast = b"x" * (256 * 2**20)  # resident in this process when the child starts
+    row = common.run_child(script, [])
+    assert row["p50_ms"] == 1.5 and "error" not in row
+    assert 0 < row["peak_rss_mb"] < 150 < len(ballast) / 2**20  # its own peak (numpy), not this process's
+
+
+def test_quick_runs_never_write_the_committed_results():
+    common = load_common()
+    assert not common.output_path(None, "bench_online", quick=True).is_relative_to(RESULTS)
+    assert common.output_path(None, "bench_online", quick=False) == RESULTS / "bench_online.json"
+    for out in ("bench_online", str(RESULTS / "serve.json")):
+        with pytest.raises(SystemExit, match="--quick does not write under"):
+            common.output_path(out, "bench_online", quick=True)
