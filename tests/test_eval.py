@@ -1,13 +1,15 @@
-"""`unisup eval` and `unisup ab` on a small synthetic lake (no signals needed: both read only the lake).
+"""`unisup eval` and `unisup ab` on small lakes (no signals needed: both read only the lake).
 
-The eval's numbers are checked against pipelines.retrieval.report.channel_report, which scores the same
-channels on the same dev queries through its own path, and against metrics.evaluate on runs built
-here; the A/B against known answers (A vs A, a ranker that shows judged-irrelevant items).
+The eval's numbers are checked against values worked out by hand: a ten-item catalog whose BM25
+order is plain (titles of four distinct tokens, so one more matching query token always ranks
+higher), judgments chosen for it, and every metric derived in a comment. The A/B is checked
+against known answers (A vs A, a ranker that shows judged-irrelevant items).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,13 +19,11 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from pipelines.evaluation.ab import ab_test, query_totals
 from pipelines.evaluation.judgments import UNSEEN, from_lake
-from pipelines.evaluation.metrics import RELEVANT, evaluate, ranked
 from pipelines.evaluation.offline import EvalConfig, evaluate_models
-from pipelines.evaluation.run import Retriever
+from pipelines.evaluation.run import ModelRunner
 from pipelines.ingest.synthetic import generate_synthetic
+from pipelines.metrics import RELEVANT, ranked
 from pipelines.modeling.registry import BASE_VERSION, UnknownModel
-from pipelines.retrieval.bm25 import BM25Channel
-from pipelines.retrieval.report import channel_report, hits_run
 from pipelines.simulation import EMPTY, ClickConfig, simulate
 from pipelines.text import query_id
 from pipelines.workspace import Workspace
@@ -60,63 +60,139 @@ def invoke(ws: Workspace, *args: str):
     return runner.invoke(app, ["--workspace", str(ws.root), *args])
 
 
-def test_eval_cli_writes_reports_equal_to_the_channel_report(ws, tmp_path):
-    """The same channels on the same dev pairs, read from a file: the channel report's numbers."""
-    csv = tmp_path / "dev.csv"
-    hd_file(ws, csv)
+# A catalog where BM25's order can be written down: every title is four distinct tokens (equal
+# lengths, tf 1), so an item's score is the sum of the idfs of the query tokens it contains, and an
+# item holding a superset of another's matching tokens ranks above it. Items sharing no token with
+# the query are not returned.
+TITLES = {
+    "100001": "cordless drill kit blue",
+    "100002": "cordless drill case green",
+    "100003": "drill bit set steel",
+    "100004": "garden hose reel black",
+    "100005": "brass door hinge satin",
+    "100006": "brass cabinet knob round",
+    "100007": "garden rake wood handle",
+    "100008": "copper pipe elbow fitting",
+    "100009": "ceramic floor tile white",
+    "100010": "paint roller tray grey",
+}
+# (query, frequency in the lake or None if the lake lacks it, {item: relevance})
+TINY = [
+    ("cordless drill kit", 100, {"100001": 3.0, "100002": 1.0, "100003": 2.5, "100004": 2.0}),
+    ("brass hinge", 60, {"100005": 2.0, "100006": 3.0}),
+    ("garden hose", 40, {"100004": 1.0, "100007": 1.0}),
+    ("zzzz widget", None, {"100001": 3.0}),
+]
+# BM25's top 10 by hand: 3 matching tokens > 2 > 1; "zzzz widget" shares no token with any title
+TINY_RANKED = [["100001", "100002", "100003"], ["100005", "100006"], ["100004", "100007"], []]
+# Per query, by hand (gain = relevance - 1, DCG = sum gain / log2(rank + 1), ideal from the judged items):
+# cordless drill kit: ranked A(3) B(1) C(2.5); D(2) judged but not retrieved.
+#   DCG = 2/1 + 0/log2 3 + 1.5/log2 4 = 2.75; ideal 2/1 + 1.5/log2 3 + 1/log2 4 = 3.446395 -> 0.797935
+#   recall@100 = {A, C} of {A, C, D} = 2/3; irrelevant@10 = B = 1/10; mean relevance (3+1+2.5)/3;
+#   coverage 3/10
+# brass hinge: ranked F(2) G(3). DCG = 1 + 2/log2 3 = 2.261860; ideal 2 + 1/log2 3 = 2.630930 -> 0.859719
+#   recall 2/2; irrelevant 0; mean relevance 2.5; coverage 2/10
+# garden hose: ranked D(1) I(1): no gain and nothing relevant, so ndcg and recall are undefined (NaN);
+#   irrelevant 2/10; mean relevance 1; coverage 2/10
+# zzzz widget: nothing retrieved: ndcg 0, recall 0, irrelevant 0, mean relevance undefined, coverage 0
+NAN = float("nan")
+TINY_PER_QUERY = {  # ndcg@10, ndcg@25, recall@100, irrelevant@10, mean_relevance@10, coverage@10
+    "cordless drill kit": (0.797935, 0.797935, 2 / 3, 0.1, 6.5 / 3, 0.3),
+    "brass hinge": (0.859719, 0.859719, 1.0, 0.0, 2.5, 0.2),
+    "garden hose": (NAN, NAN, NAN, 0.2, 1.0, 0.2),
+    "zzzz widget": (0.0, 0.0, 0.0, 0.0, NAN, 0.0),
+}
+TINY_METRICS = ("ndcg@10", "ndcg@25", "recall@100", "irrelevant@10", "mean_relevance@10", "coverage@10")
+# means skip undefined queries: ndcg (0.797935 + 0.859719 + 0) / 3, recall (2/3 + 1 + 0) / 3,
+# irrelevant (0.1 + 0 + 0.2 + 0) / 4, mean relevance (6.5/3 + 2.5 + 1) / 3, coverage (0.3 + 0.2 + 0.2 + 0) / 4
+TINY_MEAN = (0.552551, 0.552551, 5 / 9, 0.075, 17 / 9, 0.175)
+TINY_COUNT = (3, 3, 3, 4, 3, 4)
+# buckets from the lake's frequencies 100, 60, 40 (total 200): the busiest query starts at 0% of the
+# traffic (head, < 50%), the next at 50% (torso, < 80%), the last at 80% (tail); zzzz is not in the lake
+TINY_BUCKETS = {"cordless drill kit": "head", "brass hinge": "torso", "garden hose": "tail", "zzzz widget": UNSEEN}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Workspace, Path]:
+    """The hand-checkable lake (the first three queries; judgments in it too) and a judgments file in
+    the Home Depot layout holding all four queries."""
+    root = tmp_path_factory.mktemp("tiny")
+    ws = Workspace(root=root / "ws")
+    ws.lake.write("items", pd.DataFrame({"item_id": list(TITLES), "title": list(TITLES.values()),
+                                         "event_timestamp": AS_OF}))
+    lake_queries = [(text, freq) for text, freq, _ in TINY if freq is not None]
+    ws.lake.write("queries", pd.DataFrame({
+        "query_id": [query_id(t) for t, _ in lake_queries], "query_text": [t for t, _ in lake_queries],
+        "query_norm": [t for t, _ in lake_queries], "split": "dev",
+        "frequency": [f for _, f in lake_queries], "event_timestamp": AS_OF}))
+    rows = [(text, item, rel) for text, _, judged in TINY for item, rel in judged.items()]
+    in_lake = [r for r in rows if r[0] != "zzzz widget"]
+    ws.lake.write("judgments", pd.DataFrame({
+        "judgment_id": [str(n) for n in range(len(in_lake))], "query_id": [query_id(t) for t, _, _ in in_lake],
+        "item_id": [i for _, i, _ in in_lake], "relevance": [r for _, _, r in in_lake], "event_timestamp": AS_OF}))
+    csv = root / "tiny.csv"
+    pd.DataFrame({"id": range(1, len(rows) + 1), "product_uid": [int(i) for _, i, _ in rows],
+                  "product_title": [TITLES[i] for _, i, _ in rows], "search_term": [t for t, _, _ in rows],
+                  "relevance": [r for _, _, r in rows]}).to_csv(csv, index=False)
+    return ws, csv
+
+
+def _close(got, expected) -> bool:
+    """Equal to the hand values (six digits: per_query.csv keeps six significant ones); NaN = null or NaN."""
+    return all((np.isnan(e) and (g is None or np.isnan(g))) or abs(g - e) < 1e-5 for g, e in zip(got, expected))
+
+
+def test_bm25_ranks_the_tiny_catalog_as_worked_out_by_hand(tiny):
+    ws, _ = tiny
+    ranker = ModelRunner(ws.lake.read("items"), ws.models_dir).ranker("bm25")
+    shown = ranker([text for text, _, _ in TINY])
+    assert [[x for x in row if x != EMPTY] for row in shown] == TINY_RANKED
+
+
+def test_eval_cli_reports_the_metrics_worked_out_by_hand(tiny, tmp_path):
+    ws, csv = tiny
     out = tmp_path / "out"
-    result = invoke(ws, "eval", "--judgments", str(csv), "--model", "bm25", "--model", "char",
-                    "--model", BASE_VERSION, "--model", "rrf", "--out", str(out))
+    result = invoke(ws, "eval", "--judgments", str(csv), "--model", "bm25", "--model", "char", "--out", str(out))
     assert result.exit_code == 0, result.output
     for name in ("report.json", "report.md", "per_query.csv", "metrics.png", "ndcg_by_bucket.png"):
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "report.json").read_text())
-    oracle = channel_report(ws.lake, ws.cache_dir, split="dev")
-    same = {"bm25": "bm25", "char": "char", BASE_VERSION: "dense", "rrf": "fusion_rrf"}
-    for model, channel in same.items():
-        mean = {m: (np.nan if v is None else v) for m, v in report["models"][model]["mean"].items()}
-        assert mean == pytest.approx(oracle["mean"][channel], nan_ok=True), model
-    assert report["input"]["file"]["rows_rejected"] == 0
-    md = (out / "report.md").read_text()
-    assert "| rrf |" in md and "NDCG@10" in md and "by query-frequency bucket" in md
+    assert report["input"]["queries"] == 4 and report["input"]["file"]["rows_rejected"] == 0
+    assert report["catalog_items"] == 10 and report["judged_items_not_in_catalog"] == 0
+    bm25 = report["models"]["bm25"]
+    assert _close([bm25["mean"][m] for m in TINY_METRICS], TINY_MEAN), bm25["mean"]
+    assert [bm25["count"][m] for m in TINY_METRICS] == list(TINY_COUNT)
     per_query = pd.read_csv(out / "per_query.csv")
-    assert len(per_query) == 4 * report["input"]["queries"]
+    assert len(per_query) == 2 * 4 and set(per_query["model"]) == {"bm25", "char"}
+    rows = per_query[per_query["model"] == "bm25"].set_index("query_text")
+    for text, expected in TINY_PER_QUERY.items():
+        assert _close(rows.loc[text, list(TINY_METRICS)].tolist(), expected), (text, rows.loc[text].tolist())
+        assert rows.loc[text, "bucket"] == TINY_BUCKETS[text]
+    md = (out / "report.md").read_text()
+    assert "| bm25 |" in md and "NDCG@10" in md and "by query-frequency bucket" in md
+
+
+def test_buckets_come_from_query_profile_and_unseen_queries(tiny, tmp_path):
+    """Each bucket holds one query here, so its means are that query's hand-worked metrics."""
+    ws, csv = tiny
+    report = evaluate_models(ws, EvalConfig(models=("bm25",), judgments=csv), tmp_path / "out")
+    buckets = report["models"]["bm25"]["by_bucket"]
+    assert list(buckets) == ["head", "torso", "tail", UNSEEN]
+    for text, bucket in TINY_BUCKETS.items():
+        assert buckets[bucket]["queries"] == 1
+        assert _close([buckets[bucket]["mean"][m] for m in TINY_METRICS], TINY_PER_QUERY[text]), bucket
 
 
 def test_a_fused_model_name_fuses_the_lexical_channels_with_that_encoder(ws, tmp_path):
     """"rrf:VERSION" is rrf with that encoder as the dense channel: rrf:minilm-l6-v2 is rrf itself,
     and a name that resolves to no encoder fails before any work."""
-    retriever = Retriever(ws.lake.read("items"), ws.models_dir, ws.cache_dir / "retrieval")
+    retriever = ModelRunner(ws.lake.read("items"), ws.models_dir, ws.cache_dir / "retrieval")
     texts = ws.lake.read("queries")["query_norm"].head(20).tolist()
     keys = [str(i) for i in range(len(texts))]
     runs, _ = retriever.runs(texts, keys, ["rrf", f"rrf:{BASE_VERSION}", "bm25"])
     assert runs["rrf"] == runs[f"rrf:{BASE_VERSION}"] and runs["rrf"] != runs["bm25"]
     with pytest.raises(UnknownModel):
         retriever.check(["rrf:no-such-model"])
-
-
-def test_buckets_come_from_query_profile_and_unseen_queries(ws, tmp_path):
-    """Lake queries keep their head/torso/tail bucket; a query the lake lacks is 'unseen'; every
-    bucket's means are metrics.evaluate on that bucket's queries of an independently built run."""
-    items = ws.lake.read("items")
-    extra = [("zz unseen widget", items["item_id"].iloc[0], "2.67"),
-             ("zz unseen widget", items["item_id"].iloc[1], "1")]
-    csv = tmp_path / "with_unseen.csv"
-    rows = hd_file(ws, csv, extra)
-    report = evaluate_models(ws, EvalConfig(models=("bm25",), judgments=csv), tmp_path / "out")
-    buckets = report["models"]["bm25"]["by_bucket"]
-    assert UNSEEN in buckets and buckets[UNSEEN]["queries"] == 1
-    assert set(buckets) - {UNSEEN} <= {"head", "torso", "tail"}
-    judgments = pd.DataFrame({"query_id": rows["search_term"].map(query_id), "item_id": rows["product_uid"].astype(str),
-                              "relevance": rows["relevance"].astype(float)})
-    texts = rows.drop_duplicates("search_term")["search_term"].tolist()
-    channel = BM25Channel.build(items["item_id"].astype(str).to_numpy(), items["title"].astype(str).tolist())
-    run = hits_run([query_id(t) for t in texts], *channel.search(texts, k=100))
-    expected = evaluate(run, judgments)["mean"]
-    assert report["models"]["bm25"]["mean"] == pytest.approx(expected, nan_ok=True)
-    unseen = evaluate(run, judgments[judgments["query_id"] == query_id("zz unseen widget")])["mean"]
-    assert buckets[UNSEEN]["mean"] == pytest.approx(unseen, nan_ok=True)
-    assert sum(b["queries"] for b in buckets.values()) == report["input"]["queries"]
 
 
 def test_bad_rows_are_quarantined_and_counted(ws, tmp_path):
@@ -172,7 +248,7 @@ def test_eval_minimal_columns_and_split_dev(ws, tmp_path):
 def traffic(ws):
     jset = from_lake(ws.lake, "dev")
     queries = jset.queries[["query_id", "query_text"]].merge(ws.lake.read("queries")[["query_id", "frequency"]])
-    return queries, jset.judgments, Retriever(ws.lake.read("items"), ws.models_dir, ws.cache_dir / "retrieval")
+    return queries, jset.judgments, ModelRunner(ws.lake.read("items"), ws.models_dir, ws.cache_dir / "retrieval")
 
 
 def test_ranker_shows_the_runs_top_10(traffic):

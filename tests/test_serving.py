@@ -1,12 +1,14 @@
 """The retriever service over real HTTP: a prepared synthetic workspace, features materialized
 into a private redis-server, `unisup index build` (index + blend), then `unisup serve` (which
-execs `bentoml serve serving.service:Retriever`) in a subprocess, started once for the module.
+execs `bentoml serve serving.service:RetrieverService`) in a subprocess, started once for the module.
 
 Redis here is this module's own instance: the fault test stops and restarts it.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -25,11 +27,10 @@ from pipelines.cli import app
 from pipelines.features.dataset import build_dataset
 from pipelines.features.materialize import materialize
 from pipelines.features.online import OnlineFeatures
-from pipelines.index.blend import Blend
 from pipelines.index.store import find_index, load_encoder, load_index
+from pipelines.settings import Settings
 from pipelines.text import normalize_query, query_id
 from pipelines.workspace import ConfigError, Workspace
-from serving.config import ServeConfig
 from serving.process import ServiceProcess
 
 from conftest import RedisServer, copy_repo, free_port, prepare
@@ -99,11 +100,25 @@ def test_retrieve_returns_the_index_top_k_blended_with_features(ws, server):
     got = np.array([item["model_score"] for item in items])
     assert np.allclose(got, cosine[[rows[item["item_id"]] for item in items]], atol=1e-5)
     assert {item["item_id"] for item in items} == set(loaded.item_ids[np.argsort(-cosine)[:50]])
-    # the served score is the documented blend of exactly these model scores and features
-    features = {name: [item["features"][name] for item in items] for name in items[0]["features"]}
-    assert set(features) == set(OnlineFeatures(ws).feature_names)
-    expected = Blend.load(loaded.path).scores(got, features)
-    assert np.allclose([item["score"] for item in items], expected, rtol=1e-9)
+    # the served score, recomputed by hand from blend.json and the response alone (blend.py's formula:
+    # sigmoid(intercept + sum_i w_i * z_i), z_i = (t_i(x_i) - mean_i) / scale_i or 0 where x_i is missing,
+    # t_i = log1p(max(x, 0)) where flagged), one item and one input at a time
+    assert set(items[0]["features"]) == set(OnlineFeatures(ws).feature_names)
+    blend = json.loads((loaded.path / "blend.json").read_text())
+    assert blend["inputs"][0] == "model_score" and any(blend["log1p"]) and not all(blend["log1p"])
+    missing = 0
+    for item in items:
+        logit = blend["intercept"]
+        for name, logged, mean, scale, weight in zip(blend["inputs"], blend["log1p"], blend["mean"],
+                                                     blend["scale"], blend["weights"]):
+            x = item["model_score"] if name == "model_score" else item["features"][name]
+            if x is None:
+                missing += 1
+                continue  # z = 0: the fitted mean
+            t = math.log1p(max(float(x), 0.0)) if logged else float(x)
+            logit += weight * (t - mean) / scale
+        assert item["score"] == pytest.approx(1.0 / (1.0 + math.exp(-logit)), rel=1e-9, abs=1e-12), item["item_id"]
+    assert missing > 0  # some pair without features was scored too
     assert [item["score"] for item in items] == sorted((item["score"] for item in items), reverse=True)
     titles = ws.lake.read("items").set_index("item_id")["title"]
     assert all(item["title"] == titles[item["item_id"]] for item in items)
@@ -262,23 +277,33 @@ def test_redis_down_degrades_then_recovers(ws, server, redis_srv):
     assert back["items"] == healthy["items"]
 
 
-def test_serve_config_file_then_environment(tmp_path):
-    path = tmp_path / "serve.yaml"
-    path.write_text(f"workspace: {tmp_path / 'a'}\nonline: redis://127.0.0.1:7000/1\ntorch_threads: 2\n")
-    config = ServeConfig.load({"UNISUP_SERVE_CONFIG": str(path), "UNISUP_TORCH_THREADS": "3"})
-    assert config.workspace == tmp_path / "a" and config.online == "redis://127.0.0.1:7000/1"
-    assert config.torch_threads == 3  # the environment wins over the file
-    assert ServeConfig.load({}).online == "sqlite" and ServeConfig.load({}).index is None
+def test_settings_file_then_environment_then_flags(tmp_path, monkeypatch):
+    path = tmp_path / "unisup.yaml"
+    path.write_text(f"workspace: {tmp_path / 'a'}\nonline: redis://127.0.0.1:7000/1\ntorch_threads: 2\nlanes: 4\n")
+    monkeypatch.setenv("UNISUP_CONFIG", str(path))
+    monkeypatch.setenv("UNISUP_TORCH_THREADS", "3")
+    settings = Settings.load(lanes=5)
+    assert settings.workspace == tmp_path / "a" and settings.online == "redis://127.0.0.1:7000/1"
+    assert settings.torch_threads == 3 and settings.encoder_threads == 3  # the environment wins over the file
+    assert settings.lanes == 5  # a flag wins over the file
+    assert Settings.load(lanes=None).lanes == 4  # None is "not given"
     path.write_text("port: 80\n")
-    with pytest.raises(ConfigError, match="unknown keys"):
-        ServeConfig.load({"UNISUP_SERVE_CONFIG": str(path)})
-    with pytest.raises(ConfigError, match="torch_threads"):
-        ServeConfig.load({"UNISUP_TORCH_THREADS": "many"})
+    with pytest.raises(ConfigError, match="port"):
+        Settings.load()
+    monkeypatch.delenv("UNISUP_CONFIG")
+    assert Settings.load().online == "sqlite" and Settings.load().index is None
+    with pytest.raises(ConfigError, match="torch_threads = 'many'"):
+        monkeypatch.setenv("UNISUP_TORCH_THREADS", "many")
+        Settings.load()
+    monkeypatch.delenv("UNISUP_TORCH_THREADS")
+    assert Settings.load(threads=4, workers=2).encoder_threads == 2  # the machine's share per worker
     for key, bad in (("UNISUP_LANES", "0"), ("UNISUP_WORKERS", "-1"), ("UNISUP_ONLINE_TIMEOUT", "0")):
-        with pytest.raises(ConfigError, match=f"{key[7:].lower()} = '{bad}': expected .* > 0"):
-            ServeConfig.load({key: bad})
+        monkeypatch.setenv(key, bad)
+        with pytest.raises(ConfigError, match=f"{key[7:].lower()} = '{bad}': Input should be greater than 0"):
+            Settings.load()
+        monkeypatch.delenv(key)
     with pytest.raises(ConfigError, match="expected 'sqlite' or"):
-        ServeConfig.load({"UNISUP_ONLINE": "memcached://x"}).workspace_obj()
+        Settings.load(online="memcached://x")
 
 
 def test_unisup_serve_refuses_to_start_without_an_index(tmp_path):
@@ -287,11 +312,14 @@ def test_unisup_serve_refuses_to_start_without_an_index(tmp_path):
 
 
 def test_bentofile_builds_a_bento(tmp_path):
-    """serving/bentofile.yaml is valid: `bentoml build` packs the service code (offline, no lock)."""
+    """pyproject.toml's [tool.bentoml.build] is valid: `bentoml build` packs the service code and
+    pyproject's dependencies (offline, no lock)."""
     env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", "serving/bentofile.yaml", "."], cwd=root,
+    done = subprocess.run([sys.executable, "-m", "bentoml", "build", "."], cwd=root,
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    (src,) = tmp_path.glob("bentos/unisup_retriever/*/src")
+    (src,) = tmp_path.glob("bentos/unisup/*/src")
     assert (src / "serving" / "service.py").exists() and (src / "pipelines" / "index" / "blend.py").exists()
+    requirements = (src.parent / "env" / "python" / "requirements.txt").read_text()
+    assert "feast[duckdb,redis]==0.67.0" in requirements and "pydantic-settings" in requirements

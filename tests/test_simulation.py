@@ -6,18 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.features.gate import RELEVANT_PROBABILITY, gated_engagement
+from pipelines.features.dataset import build_dataset
+from pipelines.features.produce import conform
 from pipelines.features.repo import load_repo
 from pipelines.ingest.synthetic import generate_synthetic
 from pipelines.lake import Lake
-from pipelines.signals.build import conform
-from pipelines.signals.engagement import SNAPSHOTS, engagement_stats
-from pipelines.signals.spec import SignalContext
+from pipelines.signals.engagement_stats import RELEVANT_PROBABILITY, SNAPSHOTS, engagement_stats, gated_engagement
+from pipelines.signals.spec import SignalContext, table_path
 from pipelines.signals.training import training_judgments, training_queries
 from pipelines.simulation import EMPTY, EXAMINATION, BM25Ranker, ClickConfig, simulate
-from pipelines.workspace import DEFAULT_REPO
+from pipelines.workspace import DEFAULT_REPO, Workspace
 
-from conftest import AS_OF
+from conftest import AS_OF, copy_repo, prepare
 
 BUSY = ClickConfig(searches_per_query_day=20.0)  # more traffic per query: tight estimates, still fast
 
@@ -175,28 +175,95 @@ def test_table_fits_the_view_and_its_windows(table, ctx):
     assert (table["created_timestamp"] == table["event_timestamp"]).all()
 
 
-def test_point_in_time_join_picks_the_snapshot_of_its_day(table):
-    """Daily snapshots differ, so entity rows at different event times get different values
-    (as-of join backward within the view's 7-day TTL, the rule Feast applies)."""
-    q, i = table.groupby(["query_id", "item_id"])["clicks_30d"].nunique().idxmax()
-    pair = table[(table["query_id"] == q) & (table["item_id"] == i)]
-    pair = pair.sort_values("event_timestamp").reset_index(drop=True)
-    later = int(np.flatnonzero(pair["clicks_30d"] != pair["clicks_30d"].iloc[0])[0])
-    entities = pd.DataFrame({"event_timestamp": pair["event_timestamp"].iloc[[0, later]]
-                             .reset_index(drop=True) + pd.Timedelta(hours=6)})
-    joined = pd.merge_asof(entities, pair, on="event_timestamp", tolerance=pd.Timedelta(days=7))
-    assert joined["clicks_30d"].tolist() == pair["clicks_30d"].iloc[[0, later]].tolist()
-    assert joined["clicks_30d"].iloc[0] != joined["clicks_30d"].iloc[1]
-    stale = entities.assign(event_timestamp=entities["event_timestamp"] + pd.Timedelta(days=30))
-    assert pd.merge_asof(stale, pair, on="event_timestamp", tolerance=pd.Timedelta(days=7))[
-        "clicks_30d"].isna().all()  # past the TTL: nothing
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory) -> Workspace:
+    """A prepared workspace (conftest.prepare: synthetic lake, every signal built, repo applied)."""
+    root = tmp_path_factory.mktemp("pit")
+    return prepare(Workspace(root=root / "ws", repo_dir=copy_repo(root / "repo")))
+
+
+def _planted(ws: Workspace) -> tuple[pd.DataFrame, list]:
+    """Entity rows around one pair's engagement snapshots, and what each must see, worked out by
+    hand from the two tables as written: (snapshot row or None, teacher row or None) per entity row.
+
+    engagement_stats: daily snapshots, TTL 7 days; teacher_labels: v1 at as_of - 14 d, v2 at as_of - 1 d."""
+    contents = load_repo(ws.repo_dir)
+    eng = pd.read_parquet(table_path(ws, contents.signal("engagement_stats").view))
+    teacher = pd.read_parquet(table_path(ws, contents.signal("teacher_labels").view))
+    assert eng["event_timestamp"].nunique() > 2
+    labelled = set(zip(teacher["query_id"], teacher["item_id"]))
+    chosen = None
+    for (q, i), rows in eng.sort_values(["query_id", "item_id", "event_timestamp"]).groupby(["query_id", "item_id"]):
+        if (q, i) not in labelled:
+            continue
+        stamps, clicks = rows["event_timestamp"].tolist(), rows["clicks_30d"].tolist()
+        for k in range(len(rows) - 1):  # two consecutive days whose values differ
+            if stamps[k + 1] - stamps[k] == pd.Timedelta(days=1) and clicks[k] != clicks[k + 1]:
+                chosen = q, i, rows.reset_index(drop=True), k
+                break
+        if chosen:
+            break
+    assert chosen is not None, "no pair with two different consecutive snapshots"
+    q, i, snaps, k = chosen
+    first, before, after, last = (snaps.iloc[j] for j in (0, k, k + 1, len(snaps) - 1))
+    versions = teacher[(teacher["query_id"] == q) & (teacher["item_id"] == i)].sort_values("event_timestamp")
+    assert len(versions) == 2
+
+    def label_at(t: pd.Timestamp):
+        seen = versions[versions["event_timestamp"] <= t]  # TTL 365 days: never expires here
+        return seen.iloc[-1] if len(seen) else None
+
+    shown = set(eng.loc[eng["query_id"] == q, "item_id"])  # an item q never showed nor had labelled
+    unseen_item = next(x for x in sorted(set(teacher["item_id"])) if x not in shown and (q, x) not in labelled)
+    us, day = pd.Timedelta(microseconds=1), pd.Timedelta(days=1)
+    plan = [
+        (i, before["event_timestamp"] + pd.Timedelta(hours=6), before),  # between two snapshots: the earlier
+        (i, after["event_timestamp"] - us, before),                     # a microsecond before the next one
+        (i, after["event_timestamp"], after),                           # stamped exactly at the event: seen
+        (i, last["event_timestamp"] + 7 * day, last),                   # the TTL's last instant: still seen
+        (i, last["event_timestamp"] + 7 * day + us, None),              # older than the TTL: null
+        (i, first["event_timestamp"] - pd.Timedelta(hours=1), None),    # before the pair's first snapshot
+        (unseen_item, before["event_timestamp"] + pd.Timedelta(hours=6), None),  # never shown: null
+    ]
+    rows = pd.DataFrame({"query_id": q, "item_id": [p[0] for p in plan],
+                         "event_timestamp": [p[1] for p in plan]}).astype({"event_timestamp": "datetime64[us, UTC]"})
+    return rows, [(p[2], label_at(p[1]) if p[0] == i else None) for p in plan]
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "feast"])
+def test_point_in_time_set_picks_the_snapshot_of_its_day(applied, engine, tmp_path):
+    """Both engines of build_dataset against what the planted entity rows must see, worked out from
+    the tables by hand: the newest snapshot at or before the event within the 7-day TTL, and the
+    gate applied to the teacher release in effect at that time."""
+    rows, expected = _planted(applied)
+    got = pd.read_parquet(build_dataset(applied, rows, tmp_path / engine, engine=engine).path)
+    assert got[["query_id", "item_id"]].to_numpy().tolist() == rows[["query_id", "item_id"]].to_numpy().tolist()
+    counts = ("impressions_7d", "clicks_7d", "impressions_30d", "clicks_30d", "carts_30d", "orders_30d")
+    for n, (snap, label) in enumerate(expected):
+        row = got.iloc[n]
+        if snap is None:
+            assert row[list(counts)].isna().all() and pd.isna(row["ctr_debiased_30d"]), n
+            assert pd.isna(row["gated_clicks_30d"]), n  # no engagement stays null, not gated to 0
+        else:
+            assert [int(row[c]) for c in counts] == [int(snap[c]) for c in counts], n
+            for c in ("ctr_smoothed_30d", "ctr_debiased_30d"):
+                assert row[c] == pytest.approx(float(snap[c]), abs=1e-7), (n, c)
+            relevant = label is not None and float(label["grade_p2"]) + float(label["grade_p3"]) >= 0.7
+            assert row["gated_clicks_30d"] == (snap["clicks_30d"] if relevant else 0.0), n
+            assert row["is_relevant"] == int(relevant), n
+        if label is None:
+            assert pd.isna(row["expected_grade"]), n
+        else:
+            assert row["teacher_version"] == label["teacher_version"], n
+            assert row["expected_grade"] == pytest.approx(float(label["expected_grade"]), abs=1e-7), n
+    assert got["clicks_30d"].iloc[0] != got["clicks_30d"].iloc[2]  # the two days really differ
 
 
 def test_profiles_and_eval_buckets_read_the_simulated_traffic(ctx):
     """With no traffic in the lake, query_profile's frequency is the simulator's own draw, and eval
     buckets every query (no 'unknown') the way the profile does."""
     from pipelines.evaluation.judgments import query_buckets
-    from pipelines.signals.profiles import frequency_bucket, query_profile
+    from pipelines.signals.query_profile import frequency_bucket, query_profile
     from pipelines.simulation import query_frequency
 
     queries = ctx.lake.read("queries").assign(frequency=None)

@@ -32,7 +32,7 @@ def run(tmp_path_factory):
     """One quick producer run: the lake, its context and the teacher_labels frame."""
     import torch
 
-    from pipelines.signals.teacher import teacher_labels
+    from pipelines.signals.teacher_labels import teacher_labels
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("teacher")
@@ -98,8 +98,8 @@ def test_roles_are_stable_and_split_training_queries():
 
 
 def test_output_fits_the_view_with_two_dated_versions(run):
+    from pipelines.features.produce import conform
     from pipelines.features.repo import load_repo
-    from pipelines.signals.build import conform
     from pipelines.workspace import DEFAULT_REPO
 
     _ctx, df = run
@@ -170,7 +170,7 @@ def test_human_grades_are_copied_for_training_queries_only(run):
 def test_producer_reads_no_dev_judgments(run, tmp_path):
     """Same work dir, dev judgments removed from the lake: the fitted teacher is reused (its
     fingerprint covers every training row) and the labels come out identical."""
-    from pipelines.signals.teacher import teacher_labels
+    from pipelines.signals.teacher_labels import teacher_labels
 
     ctx, df = run
     lake = Lake(tmp_path / "lake")
@@ -185,8 +185,35 @@ def test_producer_reads_no_dev_judgments(run, tmp_path):
     pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True))
 
 
+def hand_ndcg10(pairs: pd.DataFrame, score: np.ndarray) -> float:
+    """Mean NDCG@10 of each query's judged items ordered by `score` (ties by item id), plain numpy:
+    gain = relevance - 1, discount log2(rank + 1), ideal from the query's own gains; a query with no
+    gain is skipped. Written here from the definition, not through pipelines.metrics or ranx.
+
+    A relevance is a mean of three or four raters written with two decimals (2.33 for 7/3), so it is
+    read as the exact mean: the nearest twelfth."""
+    values = []
+    frame = pairs.assign(score=score)
+    for _, q in frame.groupby("query_id"):
+        gains = np.round(q["relevance"].to_numpy(np.float64) * 12) / 12 - 1.0
+        if not (gains > 0).any():
+            continue
+        order = np.lexsort((q["item_id"].to_numpy(str), -q["score"].to_numpy(np.float64)))
+        discount = 1.0 / np.log2(np.arange(2, 12))
+        dcg = (gains[order][:10] * discount[:min(10, len(q))]).sum()
+        ideal = (np.sort(gains)[::-1][:10] * discount[:min(10, len(q))]).sum()
+        values.append(dcg / ideal)
+    return float(np.mean(values))
+
+
 def test_report_on_dev(run):
-    from pipelines.teacher.report import teacher_report
+    """Ranges, then the report's NDCG@10 against hand_ndcg10 on the same dev pairs: the random-order
+    reference (its scores are the seeded draw, known here) and stage 1 (scores from the fitted teacher)."""
+    from rich.console import Console
+
+    from pipelines.evaluation.teacher_report import dev_pairs, teacher_report
+    from pipelines.signals.teacher_labels import fitted_teacher
+    from pipelines.teacher.cascade import TIE_BREAK, TeacherConfig
 
     ctx, _ = run
     report = teacher_report(ctx.lake, ctx.work_dir, quick=True)
@@ -197,3 +224,30 @@ def test_report_on_dev(run):
     for m in methods.values():
         assert 0.0 < m["ndcg@10"] <= 1.0 and m["cpu_s_per_1k"] > 0
         assert 0.0 <= m["ece_calibrated"] <= 1.0
+
+    # the dev pairs, from the lake directly: dev queries' judgments in (query_id, item_id) order
+    queries = ctx.lake.read("queries")
+    dev = ctx.lake.read("judgments")
+    dev = dev[dev["query_id"].isin(queries.loc[queries["split"] == "dev", "query_id"])]
+    dev = dev.sort_values(JOIN_KEYS).reset_index(drop=True)[[*JOIN_KEYS, "relevance"]]
+    assert report["pairs"] == len(dev) and report["queries"] == dev["query_id"].nunique()
+    random_order = hand_ndcg10(dev, np.random.default_rng(0).random(len(dev)))  # the report's seed is 0
+    assert report["reference_ndcg@10"]["random order"] == pytest.approx(random_order, abs=1e-9)
+
+    # stage 1: calibrated expected grade, ties by the raw one, from the teacher the report loaded
+    ctx_now = SignalContext(lake=ctx.lake, as_of=pd.Timestamp.now(tz="UTC"), quick=True, work_dir=ctx.work_dir)
+    teacher, _, scorer, _ = fitted_teacher(ctx_now, TeacherConfig.quick(0), Console(stderr=True))
+    pairs, _ = dev_pairs(ctx_now, scorer.channels)
+    assert pairs[JOIN_KEYS].to_numpy().tolist() == dev[JOIN_KEYS].to_numpy().tolist()
+    raw, cal = teacher.stage1_probs(scorer.features(pairs))
+    grades = np.arange(4.0)
+    stage1 = hand_ndcg10(dev, cal @ grades + TIE_BREAK * (raw @ grades))
+    assert methods["stage 1 (boosting)"]["ndcg@10"] == pytest.approx(stage1, abs=1e-9)
+    assert stage1 > random_order  # a fitted teacher orders judged items better than chance
+
+    # the derived columns, by their documented arithmetic
+    full = methods["stage 2 everywhere (cross-encoder + stage 1)"]
+    for m in methods.values():
+        assert m["ndcg_retention"] == pytest.approx(m["ndcg@10"] / full["ndcg@10"])
+        assert m["gain_kept"] == pytest.approx((m["ndcg@10"] - random_order) / (full["ndcg@10"] - random_order))
+        assert m["cost_share"] == pytest.approx(m["cpu_s_per_1k"] / full["cpu_s_per_1k"])

@@ -142,10 +142,6 @@ def snapshot_table(events: pd.DataFrame, as_of: pd.Timestamp, days: int, snapsho
 # --- the gate -----------------------------------------------------------------------------------
 # "Relevant" means what the metrics mean by it (human relevance >= 2, i.e. teacher grade 2 or 3),
 # and the gate asks the calibrated teacher exactly that: P(grade >= 2) = grade_p2 + grade_p3.
-# other reader calls the same function.
-#
-# "Relevant" means what the metrics mean by it (human relevance >= 2, i.e. teacher grade 2 or 3),
-# and the gate asks the calibrated teacher exactly that: P(grade >= 2) = grade_p2 + grade_p3.
 # The threshold is not 0.5: 84% of Home Depot's judged pairs are relevant, so a calibrated
 # P(relevant) sits above 0.5 for almost every judged pair, irrelevant ones included. Measured on
 # the training queries' 47,263 judged pairs (teacher v2, 2026-11-27), the share of pairs passing:
