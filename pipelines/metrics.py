@@ -6,7 +6,8 @@ item_id, relevance 1..3). A run is ranked by score descending, ties by item_id, 
 - ndcg@10, ndcg@25: linear gain = relevance - 1 (unjudged items gain 0), ideal DCG from the query's
   judged items. ranx's "ndcg" is the linear-gain (Jarvelin & Kekalainen) form but wants integer
   relevance, so gains go in as round((relevance - 1) * 12): Home Depot relevances are means of three
-  or four raters (thirds and quarters), which x12 makes exact integers, and NDCG is scale-free.
+  or four raters (thirds and quarters), which x12 makes exact integers (a stored 2.33 counts as
+  2 1/3: NDCG moves by ~4e-6 against the raw value), and NDCG is scale-free.
 - recall@100: share of the query's items with relevance >= 2 in the top 100 (ranx "recall@100-l12").
 - irrelevant@10, mean_relevance@10, coverage@10: hand-rolled below; ranx has no equivalent.
 
@@ -17,8 +18,11 @@ Means skip NaN and `count` says how many queries each mean is over.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
+from numba.core.errors import NumbaTypeSafetyWarning
 from ranx import Qrels, Run
 from ranx import evaluate as ranx_evaluate
 
@@ -77,7 +81,9 @@ def evaluate(run: dict[str, dict[str, float]], judgments: pd.DataFrame) -> dict:
     ranx_run = Run({qid: {item: float(DEPTH - i) for i, item in enumerate(top)}
                     for qid, top in lists.items()}) if any(lists.values()) else None  # ranx rejects all-empty
     if ranx_run is not None:
-        ranx_evaluate(qrels, ranx_run, list(RANX.values()), return_mean=False, threads=1)
+        with warnings.catch_warnings():  # numba's uint64 -> int64 cast notice inside ranx: ids, not scores
+            warnings.simplefilter("ignore", NumbaTypeSafetyWarning)
+            ranx_evaluate(qrels, ranx_run, list(RANX.values()), return_mean=False, threads=1)
     per_query: dict[str, dict[str, float]] = {}
     for qid, items in judged.items():
         top = lists[qid]
