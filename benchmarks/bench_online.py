@@ -139,12 +139,11 @@ def child(engine: str, root: str, online: str, iterations: str, warmup: str, bat
 
 
 def gate_inputs() -> list[str]:
-    """The columns the gate reads: the teacher's GATE_INPUTS, then the engagement features the
-    gated_engagement view declares as its other source (from the gate module, not restated)."""
-    from pipelines.signals.engagement_stats import GATE_INPUTS, gated_engagement_fv
+    """The columns the gate reads: every feature the gated_engagement view declares as a source
+    (the teacher's GATE_INPUTS, then the engagement features; from the gate module, not restated)."""
+    from pipelines.signals.engagement_stats import gated_engagement_fv
 
-    declared = [f.name for src in gated_engagement_fv.source_feature_view_projections.values() for f in src.features]
-    return [*GATE_INPUTS, *(name for name in declared if name not in GATE_INPUTS)]
+    return [f.name for src in gated_engagement_fv.source_feature_view_projections.values() for f in src.features]
 
 
 def gate_cost(ws, batches: list) -> float:

@@ -387,13 +387,11 @@ def serve_cmd(
     from pipelines.index.store import check_servable
 
     with friendly_errors():  # what the service will load, checked here for a one-line error
-        settings = ctx.obj.model_copy(update={"index": index and index.resolve(),
-                                              "model_dir": model_dir and model_dir.resolve()})
-        settings = Settings.load(**settings.model_dump())
-        ws = settings.as_workspace()
-        manifest = check_servable(ws, settings.index)
-    env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ,
-           **settings.model_copy(update={"workspace": ws.root, "repo": ws.repo_dir}).environment()}
+        settings = Settings.load(**{**ctx.obj.model_dump(), "workspace": ctx.obj.workspace.resolve(),
+                                    "repo": ctx.obj.repo.resolve(), "index": index and index.resolve(),
+                                    "model_dir": model_dir and model_dir.resolve()})
+        manifest = check_servable(settings.as_workspace(), settings.index)
+    env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, **settings.environment()}
     console.print(f"serving index {manifest.index_version} (model {manifest.model_version}) "
                   f"with features from {settings.online} on http://{host}:{port}")
     os.execve(sys.executable, [sys.executable, "-m", "bentoml", "serve", "serving.service:RetrieverService",

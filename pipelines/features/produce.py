@@ -21,12 +21,11 @@ from feast.types import Bool, Float32, Float64, Int32, Int64, String
 
 from pipelines.features.repo import load_repo
 from pipelines.lake import to_arrow
-from pipelines.signals.spec import Producer, Signal, SignalContext, table_path
+from pipelines.signals.spec import TIMESTAMPS, Producer, Signal, SignalContext, table_path
 from pipelines.workspace import Workspace
 
 _ARROW = {Float32: pa.float32(), Float64: pa.float64(), Int64: pa.int64(), Int32: pa.int32(),
           String: pa.string(), Bool: pa.bool_()}
-TIMESTAMPS = ("event_timestamp", "created_timestamp")
 
 
 class SignalTableError(ValueError):

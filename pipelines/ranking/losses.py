@@ -1,4 +1,4 @@
-"""One loss per task of the ranker, summed with named weights (LossWeights).
+"""One loss per task of the ranker (the trainer sums them with named weights).
 
 - relevance: CORAL's loss, a binary cross-entropy per threshold on the cumulative targets
   1[grade >= k], optionally weighted per row (human grades may count more than the teacher's);
@@ -10,23 +10,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from pipelines.ranking.model import GRADES
 
 EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """How much each task counts in the summed loss."""
-
-    relevance: float = 1.0
-    click: float = 1.0
-    order: float = 1.0
 
 
 def ordinal_loss(logits: torch.Tensor, grade: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

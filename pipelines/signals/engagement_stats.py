@@ -32,7 +32,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.types import Float32, Int64
 
 from pipelines.signals.entities import PAIR
-from pipelines.signals.spec import Signal, SignalContext, signal_source
+from pipelines.signals.spec import Signal, SignalContext, signal_source, table_columns
 from pipelines.signals.teacher_labels import teacher_labels_fv
 from pipelines.signals.training import training_judgments, training_queries
 from pipelines.simulation import BM25Ranker, ClickConfig, simulate
@@ -42,9 +42,6 @@ SHORT, LONG = 7, 30  # window lengths in days
 PRIOR_ALPHA, PRIOR_BETA = 0.7, 9.3  # Beta prior on CTR: mean 7% (simulated top-10 slot CTR), 10 views
 MAX_IPW = 10.0  # cap on inverse-propensity weights (propensity floor 0.1)
 QUICK_SNAPSHOTS = 7  # quick mode (pipelines.signals.training samples the queries): fewer days
-COLUMNS = ["query_id", "item_id", "event_timestamp", "created_timestamp", "impressions_7d", "clicks_7d",
-           "impressions_30d", "clicks_30d", "carts_30d", "orders_30d", "ctr_smoothed_30d", "ctr_debiased_30d"]
-
 
 
 # Engagement per pair as of each day, over trailing windows.
@@ -66,6 +63,8 @@ engagement_stats_fv = FeatureView(
     description="Daily engagement aggregates per pair; stale after a week without a new day.",
     tags={"signal": "engagement", "grain": "pair"},
 )
+COLUMNS = table_columns(engagement_stats_fv, PAIR)  # the table, in the order producers write it
+
 
 def click_config(ctx: SignalContext) -> ClickConfig:
     """Full runs simulate the issue's 60 days; quick runs just enough for their snapshots."""

@@ -22,12 +22,10 @@ from rich.console import Console
 from pipelines.retrieval import build_channels, catalog_hash, search_all
 from pipelines.retrieval.fusion import prior_table
 from pipelines.signals.entities import PAIR
-from pipelines.signals.spec import Signal, SignalContext, signal_source
+from pipelines.signals.spec import Signal, SignalContext, signal_source, table_columns
 from pipelines.signals.training import training_queries
 
 DEPTH = 100  # per channel and query
-COLUMNS = ["query_id", "item_id", "event_timestamp", "created_timestamp",
-           "rank_bm25", "rank_dense", "rank_char", "fusion_score", "agreement"]
 
 
 # Agreement of retrieval channels: per-channel rank (101 = not retrieved), fused score, count.
@@ -46,6 +44,7 @@ retrieval_prior_fv = FeatureView(
     description="How strongly several retrieval channels agree on a pair.",
     tags={"signal": "prior", "grain": "pair"},
 )
+COLUMNS = table_columns(retrieval_prior_fv, PAIR)  # the table, in the order producers write it
 
 
 def retrieval_cache(ctx: SignalContext) -> Path | None:

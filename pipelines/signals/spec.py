@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from feast import FeatureView, FileSource
+from feast import Entity, FeatureView, FileSource
 from feast.on_demand_feature_view import OnDemandFeatureView
 
 from pipelines.lake import Lake
 from pipelines.workspace import Workspace
 
 FEATURES_DIR = "features"  # signal tables, relative to the workspace (the Feast repo_path)
+TIMESTAMPS = ("event_timestamp", "created_timestamp")  # every signal table carries both
 
 
 def signal_source(name: str) -> FileSource:
@@ -34,6 +35,11 @@ def signal_source(name: str) -> FileSource:
         created_timestamp_column="created_timestamp",
         description=f"Table written by the {name} producer (pipelines/signals).",
     )
+
+
+def table_columns(view: FeatureView, entities: list[Entity]) -> list[str]:
+    """A signal table's columns in order: the entities' join keys, both timestamps, the view's features."""
+    return [*(e.join_key for e in entities), *TIMESTAMPS, *(f.name for f in view.features)]
 
 
 def table_path(ws: Workspace, view: FeatureView) -> Path:

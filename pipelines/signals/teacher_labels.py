@@ -51,7 +51,7 @@ from rich.console import Console
 from pipelines.retrieval import build_channels
 from pipelines.signals.entities import PAIR
 from pipelines.signals.retrieval_prior import candidate_table, retrieval_cache
-from pipelines.signals.spec import Signal, SignalContext, signal_source
+from pipelines.signals.spec import Signal, SignalContext, signal_source, table_columns
 from pipelines.signals.training import training_judgments, training_queries
 from pipelines.teacher.calibrate import teacher_role
 from pipelines.teacher.cascade import Teacher, TeacherConfig, fit_teacher
@@ -60,9 +60,6 @@ from pipelines.teacher.stage1 import PairScorer
 # (teacher_version, cascade stages, days before as_of): two back-dated snapshots of one run
 VERSIONS = (("teacher-v1", 1, 14), ("teacher-v2", 2, 1))
 _SCRATCH: tempfile.TemporaryDirectory | None = None  # models of runs without a work_dir
-COLUMNS = ["query_id", "item_id", "event_timestamp", "created_timestamp", "grade_p0", "grade_p1",
-           "grade_p2", "grade_p3", "expected_grade", "confidence", "teacher_stage", "teacher_version",
-           "human_grade"]
 
 
 # Calibrated graded relevance (0..3) from the teacher cascade; human grades kept apart.
@@ -85,6 +82,7 @@ teacher_labels_fv = FeatureView(
     description="Graded relevance from the cross-encoder teacher cascade, calibrated.",
     tags={"signal": "teacher", "grain": "pair"},
 )
+COLUMNS = table_columns(teacher_labels_fv, PAIR)  # the table, in the order producers write it
 
 
 def label_pairs(queries: pd.DataFrame, prior: pd.DataFrame, judgments: pd.DataFrame) -> pd.DataFrame:
