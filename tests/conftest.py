@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import redis
@@ -139,3 +140,36 @@ def prepare(ws: Workspace, seed: int = 0, items: int = 400, queries: int = 80) -
 def prepared(make_workspace, online) -> Workspace:
     """An applied workspace with data, once per online store (SQLite and private Redis)."""
     return prepare(make_workspace(online=online))
+
+
+def reference_ndcg10(relevance_in_ranked_order, all_relevance) -> float:
+    """NDCG@10 written from the definition, for tests to check pipelines.metrics' users against (not
+    through pipelines.metrics or ranx): gain = relevance - 1 (an unjudged item has relevance 1, gain
+    0), discount log2(rank + 1), ideal from all the query's relevances. A relevance is a mean of
+    three or four raters written with two decimals (2.33 for 7/3), so it is read as the exact mean:
+    the nearest twelfth."""
+    def gain(r) -> np.ndarray:
+        return np.round(np.asarray(r, np.float64) * 12) / 12 - 1.0
+
+    top = gain(relevance_in_ranked_order)[:10]
+    ideal = np.sort(gain(all_relevance))[::-1][:10]
+    discount = 1.0 / np.log2(np.arange(2, 12))
+    return float((top * discount[:len(top)]).sum() / (ideal * discount[:len(ideal)]).sum())
+
+
+def poison_dev_judgments(lake, seed: int = 1) -> int:
+    """Every dev judgment of `lake` becomes 'exact match' and each dev query gains a judged pair;
+    returns the rows changed. A producer that reads no dev judgment writes the same table after."""
+    queries, judgments, items = lake.read("queries"), lake.read("judgments"), lake.read("items")
+    dev = set(queries.loc[queries["split"] == "dev", "query_id"])
+    is_dev = judgments["query_id"].isin(dev)
+    judgments.loc[is_dev, "relevance"] = 3.0
+    rng = np.random.default_rng(seed)
+    extra = pd.DataFrame({"query_id": sorted(dev)})
+    extra["item_id"] = rng.choice(items["item_id"].to_numpy(), size=len(extra))
+    extra = extra.merge(judgments[["query_id", "item_id"]], how="left", indicator=True)
+    extra = extra[extra["_merge"] == "left_only"].drop(columns="_merge")
+    extra = extra.assign(judgment_id=[f"poison-{i}" for i in range(len(extra))], relevance=3.0,
+                         event_timestamp=judgments["event_timestamp"].iloc[0])
+    lake.write("judgments", pd.concat([judgments, extra], ignore_index=True))
+    return int(is_dev.sum()) + len(extra)

@@ -7,31 +7,13 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pandas as pd
 
 from pipelines.features.produce import build_signals
 from pipelines.features.repo import load_repo
 from pipelines.signals.spec import SignalContext, table_path
 
-from conftest import AS_OF, PLUMBING_PRODUCERS, prepare
-
-
-def poison_dev_judgments(lake, seed: int = 1) -> int:
-    """Every dev judgment becomes 'exact match' and each dev query gains judged pairs; returns rows changed."""
-    queries, judgments, items = lake.read("queries"), lake.read("judgments"), lake.read("items")
-    dev = set(queries.loc[queries["split"] == "dev", "query_id"])
-    is_dev = judgments["query_id"].isin(dev)
-    judgments.loc[is_dev, "relevance"] = 3.0
-    rng = np.random.default_rng(seed)
-    extra = pd.DataFrame({"query_id": sorted(dev)})
-    extra["item_id"] = rng.choice(items["item_id"].to_numpy(), size=len(extra))
-    extra = extra.merge(judgments[["query_id", "item_id"]], how="left", indicator=True)
-    extra = extra[extra["_merge"] == "left_only"].drop(columns="_merge")
-    extra = extra.assign(judgment_id=[f"poison-{i}" for i in range(len(extra))], relevance=3.0,
-                         event_timestamp=judgments["event_timestamp"].iloc[0])
-    lake.write("judgments", pd.concat([judgments, extra], ignore_index=True))
-    return int(is_dev.sum()) + len(extra)
+from conftest import AS_OF, PLUMBING_PRODUCERS, poison_dev_judgments, prepare
 
 
 def test_no_producer_reads_dev_judgments(make_workspace):

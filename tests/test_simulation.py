@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +19,7 @@ from pipelines.signals.training import training_judgments, training_queries
 from pipelines.simulation import EMPTY, EXAMINATION, BM25Ranker, ClickConfig, simulate
 from pipelines.workspace import DEFAULT_REPO, Workspace
 
-from conftest import AS_OF, copy_repo, prepare
+from conftest import AS_OF, copy_repo, poison_dev_judgments, prepare
 
 BUSY = ClickConfig(searches_per_query_day=20.0)  # more traffic per query: tight estimates, still fast
 
@@ -139,16 +141,11 @@ def test_gate_removes_clicks_on_items_humans_judged_irrelevant(table, train):
 def test_producer_never_reads_dev_judgments(ctx, table, tmp_path):
     """A copy of the lake whose dev judgments are poisoned (all 'exact match', plus extra pairs)
     yields the identical table, and no dev query appears in it."""
-    lake = ctx.lake
     poisoned = Lake(tmp_path / "poisoned")
-    for name in ("items", "queries"):
-        poisoned.write(name, lake.read(name))
-    queries, judgments = lake.read("queries"), lake.read("judgments")
+    shutil.copytree(ctx.lake.root, poisoned.root)
+    assert poison_dev_judgments(poisoned) > 0
+    queries = ctx.lake.read("queries")
     dev_ids = set(queries.loc[queries["split"] == "dev", "query_id"])
-    dev = judgments["query_id"].isin(dev_ids)
-    judgments.loc[dev, "relevance"] = 3.0
-    extra = judgments[dev].assign(item_id=lake.read("items")["item_id"].iloc[0], judgment_id="poison")
-    poisoned.write("judgments", pd.concat([judgments, extra.head(1)], ignore_index=True))
     again = engagement_stats(SignalContext(lake=poisoned, as_of=ctx.as_of, seed=ctx.seed,
                                            work_dir=ctx.work_dir))
     pd.testing.assert_frame_equal(table, again)

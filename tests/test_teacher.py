@@ -23,6 +23,8 @@ from pipelines.teacher.grades import (
     to_grade,
 )
 
+from conftest import reference_ndcg10
+
 AS_OF = pd.Timestamp("2024-03-01", tz="UTC")
 JOIN_KEYS = ["query_id", "item_id"]
 
@@ -186,23 +188,15 @@ def test_producer_reads_no_dev_judgments(run, tmp_path):
 
 
 def hand_ndcg10(pairs: pd.DataFrame, score: np.ndarray) -> float:
-    """Mean NDCG@10 of each query's judged items ordered by `score` (ties by item id), plain numpy:
-    gain = relevance - 1, discount log2(rank + 1), ideal from the query's own gains; a query with no
-    gain is skipped. Written here from the definition, not through pipelines.metrics or ranx.
-
-    A relevance is a mean of three or four raters written with two decimals (2.33 for 7/3), so it is
-    read as the exact mean: the nearest twelfth."""
+    """Mean reference NDCG@10 (conftest.reference_ndcg10) of each query's judged items ordered by
+    `score`, ties by item id; a query with no gain is skipped."""
     values = []
-    frame = pairs.assign(score=score)
-    for _, q in frame.groupby("query_id"):
-        gains = np.round(q["relevance"].to_numpy(np.float64) * 12) / 12 - 1.0
-        if not (gains > 0).any():
+    for _, q in pairs.assign(score=score).groupby("query_id"):
+        relevance = q["relevance"].to_numpy(np.float64)
+        if not (np.round(relevance * 12) > 12).any():
             continue
         order = np.lexsort((q["item_id"].to_numpy(str), -q["score"].to_numpy(np.float64)))
-        discount = 1.0 / np.log2(np.arange(2, 12))
-        dcg = (gains[order][:10] * discount[:min(10, len(q))]).sum()
-        ideal = (np.sort(gains)[::-1][:10] * discount[:min(10, len(q))]).sum()
-        values.append(dcg / ideal)
+        values.append(reference_ndcg10(relevance[order], relevance))
     return float(np.mean(values))
 
 

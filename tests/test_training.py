@@ -20,7 +20,7 @@ from pipelines.training.data import CandidateLists, sample_batch
 from pipelines.training.target import soft_target, utility
 from pipelines.workspace import ConfigError
 
-from conftest import AS_OF, prepare
+from conftest import AS_OF, prepare, reference_ndcg10
 
 ROWS = pd.DataFrame({
     "expected_grade": [3.0, 0.0, 1.5, np.nan],
@@ -123,18 +123,6 @@ def test_the_loss_falls(trained):
     assert result.stats["final_loss"] == pytest.approx(losses[-1], abs=1e-3)  # log_every = 1: the last step
 
 
-def ndcg_at_10(relevance_in_ranked_order: np.ndarray, all_relevance: np.ndarray) -> float:
-    """NDCG@10 with gain = relevance - 1 (0 for an unjudged item, relevance 1), from the definition.
-    Relevances are means of raters written with two decimals (2.33 = 7/3): read as the nearest twelfth."""
-    def gain(r: np.ndarray) -> np.ndarray:
-        return np.round(np.asarray(r, np.float64) * 12) / 12 - 1.0
-
-    top = gain(relevance_in_ranked_order)[:10]
-    ideal = np.sort(gain(all_relevance))[::-1][:10]
-    discount = 1.0 / np.log2(np.arange(2, 12))
-    return float((top * discount[:len(top)]).sum() / (ideal * discount[:len(ideal)]).sum())
-
-
 def mean_ndcgs(encoder: Encoder, ws, query_ids: list[str], candidates: dict[str, list[str]]) -> tuple[float, float]:
     """Mean NDCG@10 over the queries of the encoder's cosine ranking of (a) each query's judged items
     and (b) its candidates plus judged items (unjudged ones gain 0)."""
@@ -152,7 +140,7 @@ def mean_ndcgs(encoder: Encoder, ws, query_ids: list[str], candidates: dict[str,
             rel = grades.reindex(pool).fillna(1.0).to_numpy()
             cosine = np.stack([vectors[i] for i in pool]) @ query_vectors[qid]
             order = np.lexsort((np.array(pool), -cosine))
-            out.append(ndcg_at_10(rel[order], rel))
+            out.append(reference_ndcg10(rel[order], rel))
     assert len(values[0]) > 10
     return float(np.mean(values[0])), float(np.mean(values[1]))
 
