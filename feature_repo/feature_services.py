@@ -21,3 +21,17 @@ retriever_online = FeatureService(
     features=[view for s in REGISTERED for view in s.online_views()],
     description="Online features the retriever blends into its score, one batched lookup.",
 )
+
+# What the ranking stage reads per candidate pair: point-in-time for its training sets...
+ranking = FeatureService(
+    name="ranking",
+    features=[view for s in REGISTERED for view in s.ranker_views()],
+    description="Point-in-time training sets of the ranker: each signal's ranker features.",
+)
+
+# ...and the same features online, for all N candidates of a request in one batched lookup.
+ranker_online = FeatureService(
+    name="ranker_online",
+    features=[view for s in REGISTERED for view in s.ranker_views()],
+    description="Online features of the ranker's candidates, one batched lookup per /search request.",
+)

@@ -23,11 +23,13 @@ from rich.table import Table
 from pipelines.evaluation.ab import ABConfig
 from pipelines.evaluation.offline import EvalConfig
 from pipelines.index.build import IndexConfig
+from pipelines.ranking.config import RankerDataConfig, RankerTrainConfig
 from pipelines.settings import Settings
 from pipelines.training.config import DataConfig, TargetConfig, TrainConfig
 from pipelines.workspace import HOMEDEPOT, PROJECT_ROOT, ConfigError, Workspace
 
-MODEL_NAMES = "bm25 | char | rrf | rrf:VERSION | an encoder version"  # pipelines.evaluation.run's names
+MODEL_NAMES = ("bm25 | char | rrf | rrf:VERSION | an encoder version | "  # pipelines.evaluation.models
+               "search:RANKER[@relevance|@engagement|@lambdamart]")
 
 # Feast flags on-demand views as experimental and ibis/duckdb announce API renames on every call;
 # neither is actionable for a user of this CLI.
@@ -38,9 +40,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 ingest_app = typer.Typer(no_args_is_help=True, help="Load raw data into the canonical lake.")
 signals_app = typer.Typer(no_args_is_help=True, help="Produce the signal tables behind the views.")
 dataset_app = typer.Typer(no_args_is_help=True, help="Point-in-time training sets.")
+rank_app = typer.Typer(no_args_is_help=True, help="The ranking stage: multi-task ranker + value model.")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(signals_app, name="signals")
 app.add_typer(dataset_app, name="dataset")
+app.add_typer(rank_app, name="rank")
 console = Console(stderr=True)
 
 
@@ -416,10 +420,11 @@ def demo_cmd(
 def known_models() -> Iterator[None]:
     """An unknown --model is a bad setting (one red line listing the available ones), not a crash."""
     from pipelines.modeling.registry import UnknownModel
+    from pipelines.ranking.store import UnknownRanker
 
     try:
         yield
-    except UnknownModel as exc:
+    except (UnknownModel, UnknownRanker) as exc:
         raise ConfigError(str(exc)) from None
 
 
@@ -432,6 +437,7 @@ def eval_cmd(
     model: list[str] | None = typer.Option(None, help=f"{MODEL_NAMES} (repeatable; default: bm25 and minilm-l6-v2)"),
     out: Path | None = typer.Option(None, help="Output dir [WORKSPACE/reports/eval-<file stem or split>]"),
     encoding: str = option(EvalConfig, "encoding"),
+    save_runs: bool = option(EvalConfig, "save_runs"),
 ) -> None:
     """Top-100 from the whole catalog per judged query, scored per model and frequency bucket."""
     from pipelines.evaluation.offline import default_out, evaluate_models
@@ -443,7 +449,7 @@ def eval_cmd(
         if (judgments is None) == (split is None):
             raise ConfigError("give exactly one of --judgments FILE and --split NAME")
         config = EvalConfig(**({"models": tuple(dict.fromkeys(model))} if model else {}), judgments=judgments,
-                            split=split or "dev", encoding=encoding)
+                            split=split or "dev", encoding=encoding, save_runs=save_runs)
         out = out or default_out(ws, config)
         report = evaluate_models(ws, config, out)
     table = Table("model", *(LABELS[m] for m in METRICS), "queries",
@@ -454,7 +460,37 @@ def eval_cmd(
     rejected = report["input"].get("file", {}).get("rows_rejected", 0)
     if rejected:
         console.print(f"[yellow]{rejected} rows quarantined[/yellow]: {report['input']['file']['rejects_path']}")
-    console.print(f"report -> {out}/report.md, report.json, per_query.csv, metrics.png, ndcg_by_bucket.png")
+    console.print(f"report -> {out}/report.md, report.json, per_query.csv, metrics.png, ndcg_by_bucket.png"
+                  + (", runs/ (TREC)" if save_runs else ""))
+
+
+@rank_app.command("train")
+def rank_train_cmd(
+    ctx: typer.Context,
+    name: str = typer.Option("ranker", help="Name of the ranker (workspace/models/rankers/NAME)"),
+    candidates: str = option(RankerDataConfig, "candidates"),
+    n: int = option(RankerDataConfig, "n"),
+    quick: bool = option(RankerDataConfig, "quick"),
+    epochs: int = option(RankerTrainConfig, "epochs"),
+    teacher_weight: float = option(RankerTrainConfig, "teacher_weight"),
+    drop_share: float = option(RankerTrainConfig, "drop_share"),
+    seed: int = option(RankerTrainConfig, "seed"),
+) -> None:
+    """Train the ranker (and its LambdaMART baseline) on the training queries; value weights on calib."""
+    from pipelines.ranking.train import train_ranker
+
+    ws: Workspace = ctx.obj.as_workspace()
+    with friendly_errors(), known_models():
+        meta = train_ranker(ws, name, RankerDataConfig(candidates=candidates, n=n, quick=quick, seed=seed),
+                            RankerTrainConfig(epochs=epochs, teacher_weight=teacher_weight, drop_share=drop_share,
+                                              seed=seed), console)
+    table = Table("click weight", "order weight", "calib NDCG@10", "E(clicks)@10", "E(orders)@10",
+                  title=f"value grid on calib queries (chosen: {meta['value_weights']})")
+    for g in meta["value_grid"]:
+        table.add_row(f"{g['click_weight']:g}", f"{g['order_weight']:g}", f"{g['calib_ndcg@10']:.4f}",
+                      f"{g['expected_clicks@10']:.4f}", f"{g['expected_orders@10']:.5f}")
+    console.print(table)
+    console.print(f"LambdaMART: {meta['lambdamart']}; {meta['seconds']['total']:.0f} s")
 
 
 @app.command("ab")

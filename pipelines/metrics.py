@@ -8,6 +8,10 @@ item_id, relevance 1..3). A run is ranked by score descending, ties by item_id, 
   relevance, so gains go in as round((relevance - 1) * 12): Home Depot relevances are means of three
   or four raters (thirds and quarters), which x12 makes exact integers (a stored 2.33 counts as
   2 1/3: NDCG moves by ~4e-6 against the raw value), and NDCG is scale-free.
+- ndcg@10_condensed: the same ndcg@10 on the condensed list (Sakai 2007): the top 100 with the
+  unjudged items removed, so judged items move up into the slots they held. Home Depot judged only
+  what its own lexical engine showed, and with unjudged = gain 0 a ranker is rewarded for showing
+  lexical look-alikes of the judged pool; the condensed form scores the order of the judged items alone.
 - recall@100: share of the query's items with relevance >= 2 in the top 100 (ranx "recall@100-l12").
 - irrelevant@10, mean_relevance@10, coverage@10: hand-rolled below; ranx has no equivalent.
 
@@ -32,7 +36,8 @@ DEPTH = 100
 TOP = 10
 RANX = {"ndcg@10": "ndcg@10", "ndcg@25": "ndcg@25",
         "recall@100": f"recall@{DEPTH}-l{int((RELEVANT - 1) * GAIN_SCALE)}"}
-METRICS = (*RANX, "irrelevant@10", "mean_relevance@10", "coverage@10")
+CONDENSED = {"ndcg@10_condensed": "ndcg@10"}  # ranx metrics scored on the condensed lists
+METRICS = ("ndcg@10", *CONDENSED, "ndcg@25", "recall@100", "irrelevant@10", "mean_relevance@10", "coverage@10")
 
 
 def ranked(scores: dict[str, float], depth: int = DEPTH) -> list[str]:
@@ -60,6 +65,25 @@ def coverage_at(top: list[str], judged: dict[str, float], n: int = TOP) -> float
     return sum(1 for item in top[:n] if item in judged) / n
 
 
+def gain(relevance: float) -> int:
+    """The integer gain ranx scores (relevance - 1, times GAIN_SCALE); also what runs/qrels.txt holds."""
+    return round((relevance - 1.0) * GAIN_SCALE)
+
+
+def _ranx_scores(qrels: Qrels, lists: dict[str, list[str]], metrics: list[str]) -> dict[str, dict[str, float]]:
+    """ranx's per-query values of `metrics` for ranked lists: {metric: {query_id: value}}.
+
+    ranx is given scores that restate our tie-broken order, so it cannot order ties differently.
+    A run whose lists are all empty scores 0: ranx rejects such a run."""
+    if not any(lists.values()):
+        return {m: dict.fromkeys(lists, 0.0) for m in metrics}
+    run = Run({qid: {item: float(DEPTH - i) for i, item in enumerate(top)} for qid, top in lists.items()})
+    with warnings.catch_warnings():  # numba's uint64 -> int64 cast notice inside ranx: ids, not scores
+        warnings.simplefilter("ignore", NumbaTypeSafetyWarning)
+        ranx_evaluate(qrels, run, metrics, return_mean=False, threads=1)
+    return {m: {qid: float(run.scores[m][qid]) for qid in lists} for m in metrics}
+
+
 def _judged(judgments: pd.DataFrame) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for qid, item, rel in zip(judgments["query_id"], judgments["item_id"], judgments["relevance"]):
@@ -75,15 +99,10 @@ def evaluate(run: dict[str, dict[str, float]], judgments: pd.DataFrame) -> dict:
     "per_query": {query_id: {metric: v}}, "queries": n}."""
     judged = _judged(judgments)
     lists = {qid: ranked(run.get(qid, {})) for qid in judged}
-    qrels = Qrels({qid: {item: round((rel - 1.0) * GAIN_SCALE) for item, rel in items.items()}
-                   for qid, items in judged.items()})
-    # scores that restate our tie-broken order, so ranx cannot order ties differently
-    ranx_run = Run({qid: {item: float(DEPTH - i) for i, item in enumerate(top)}
-                    for qid, top in lists.items()}) if any(lists.values()) else None  # ranx rejects all-empty
-    if ranx_run is not None:
-        with warnings.catch_warnings():  # numba's uint64 -> int64 cast notice inside ranx: ids, not scores
-            warnings.simplefilter("ignore", NumbaTypeSafetyWarning)
-            ranx_evaluate(qrels, ranx_run, list(RANX.values()), return_mean=False, threads=1)
+    condensed = {qid: [item for item in top if item in judged[qid]] for qid, top in lists.items()}
+    qrels = Qrels({qid: {item: gain(rel) for item, rel in items.items()} for qid, items in judged.items()})
+    scores = _ranx_scores(qrels, lists, list(RANX.values()))
+    condensed_scores = _ranx_scores(qrels, condensed, list(CONDENSED.values()))
     per_query: dict[str, dict[str, float]] = {}
     for qid, items in judged.items():
         top = lists[qid]
@@ -92,8 +111,9 @@ def evaluate(run: dict[str, dict[str, float]], judgments: pd.DataFrame) -> dict:
         row = {}
         for name, ranx_name in RANX.items():
             defined = has_relevant if name.startswith("recall") else has_gain
-            score = float(ranx_run.scores[ranx_name][qid]) if ranx_run is not None else 0.0
-            row[name] = score if defined else float("nan")
+            row[name] = scores[ranx_name][qid] if defined else float("nan")
+        for name, ranx_name in CONDENSED.items():
+            row[name] = condensed_scores[ranx_name][qid] if has_gain else float("nan")
         row["irrelevant@10"] = irrelevant_at(top, items)
         row["mean_relevance@10"] = mean_relevance_at(top, items)
         row["coverage@10"] = coverage_at(top, items)

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
                                  description="torch threads of training and batch inference (default: all cores)")
     index: Path | None = Field(None, description="Index dir to serve (default: the newest in WORKSPACE/indexes)")
     model_dir: Path | None = Field(None, description="Model dir to serve (default: the index's model version)")
+    ranker: str = Field("ranker", description="Ranker /search serves (WORKSPACE/models/rankers/NAME[@VARIANT])")
     workers: PositiveInt = Field(2, description="Service processes, each with its own encoder and index "
                                                 "(a request is mostly Python, so one process uses about one core)")
     torch_threads: PositiveInt | None = Field(None, description="Encoder threads per service process "

@@ -82,6 +82,13 @@ class OnlineHealth:
                          "degraded=true", type(error).__name__, error)
 
 
+def fail_fast(online: OnlineFeatures, timeout: float) -> None:
+    """No hanging on a dead socket, no retries with backoff: a request degrades within `timeout`."""
+    if online.reader is not None:
+        online.reader.client.connection_pool.connection_kwargs.update(
+            socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+
+
 class LoadedRetriever:
     """Encoder, index, blend and online-feature client of one deployment, loaded once."""
 
@@ -94,10 +101,7 @@ class LoadedRetriever:
         faiss.omp_set_num_threads(threads)  # the encoder's share of the cores, not all of them
         self.blend = Blend.load(self.loaded.path)
         self.online = OnlineFeatures(ws, service=manifest.feature_service)
-        if self.online.reader is not None:  # fail fast: no hanging on a dead socket, no retries with backoff
-            self.online.reader.client.connection_pool.connection_kwargs.update(
-                socket_timeout=settings.online_timeout, socket_connect_timeout=settings.online_timeout,
-                retry=Retry(NoBackoff(), 0))
+        fail_fast(self.online, settings.online_timeout)
         self.health = OnlineHealth()
         self.versions = Versions(
             model=manifest.model_version, index=manifest.index_version, feature_service=manifest.feature_service,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.text import normalize_query
 
@@ -25,6 +25,17 @@ EncodeTexts = Annotated[list[Annotated[str, Field(max_length=MAX_QUERY_CHARS)]],
                         Field(min_length=1, max_length=MAX_BATCH)]
 
 
+def searchable(query: str) -> str:
+    """The query rule of /retrieve and /search: valid Unicode, not empty once normalized."""
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate escaped in the JSON ("\\ud800")
+        raise ValueError(f"query is not valid Unicode text ({exc.reason} at position {exc.start})") from None
+    if not normalize_query(query):
+        raise ValueError("query is empty after normalization (only whitespace)")
+    return query
+
+
 class RetrieveRequest(bentoml.IODescriptor):
     """POST /retrieve body."""
 
@@ -36,16 +47,7 @@ class RetrieveRequest(bentoml.IODescriptor):
     with_features: bool = Field(True, description="Read online features and blend them into the score; "
                                                   "false ranks by the model score alone (no lookup)")
 
-    @field_validator("query")
-    @classmethod
-    def _searchable(cls, query: str) -> str:
-        try:
-            query.encode("utf-8")
-        except UnicodeEncodeError as exc:  # a lone surrogate escaped in the JSON ("\\ud800")
-            raise ValueError(f"query is not valid Unicode text ({exc.reason} at position {exc.start})") from None
-        if not normalize_query(query):
-            raise ValueError("query is empty after normalization (only whitespace)")
-        return query
+    _searchable = field_validator("query")(searchable)
 
 
 class Hit(BaseModel):
@@ -74,3 +76,62 @@ class RetrieveResponse(bentoml.IODescriptor):
     items: list[Hit]
     versions: Versions
     degraded: bool = Field(description="true when features were wanted but the online store failed")
+
+
+MAX_SEARCH_K = 100
+DEFAULT_SEARCH_K = 10
+MAX_CANDIDATES = 1000
+DEFAULT_CANDIDATES = 200
+
+
+class SearchRequest(bentoml.IODescriptor):
+    """POST /search body: the full stack (retrieve n -> one online lookup -> rank -> top k)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, examples=[EXAMPLE_QUERY],
+                       description=f"Search text, 1..{MAX_QUERY_CHARS} characters, not only whitespace")
+    k: int = Field(DEFAULT_SEARCH_K, ge=1, le=MAX_SEARCH_K, description=f"Items to return, 1..{MAX_SEARCH_K}")
+    n: int = Field(DEFAULT_CANDIDATES, ge=1, le=MAX_CANDIDATES,
+                   description=f"Candidates the ranker scores, k..{MAX_CANDIDATES} (fewer if retrieval finds fewer)")
+    explain: bool = Field(False, description="Return each item's ranker features too")
+
+    _searchable = field_validator("query")(searchable)
+
+    @model_validator(mode="after")
+    def _n_covers_k(self) -> SearchRequest:
+        if self.n < self.k:
+            raise ValueError(f"n ({self.n}) must be at least k ({self.k}): the ranker picks k of n candidates")
+        return self
+
+
+class Ranked(BaseModel):
+    item_id: str
+    title: str | None
+    value: float = Field(description="The value model's score the list is sorted by (pipelines.ranking.value)")
+    expected_relevance: float = Field(description="Expected grade 0..3 = sum of P(grade >= k)")
+    relevance: dict[str, float] = Field(description="P(grade >= 1), P(grade >= 2), P(grade >= 3)")
+    p_click: float = Field(description="P(click | examined)")
+    p_order: float = Field(description="P(order | examined)")
+    features: dict[str, Any] | None = Field(None, description="The ranker's input features (explain=true)")
+
+
+class SearchVersions(BaseModel):
+    ranker: str
+    ranker_created: str
+    candidates: str = Field(description="Candidate model (rrf:VERSION)")
+    feature_service: str
+    feature_definitions: str = Field(description="sha256 prefix of the service's and its views' definitions")
+
+
+class SearchResponse(bentoml.IODescriptor):
+    """POST /search answer: the top k by value, best first."""
+
+    query: str
+    query_norm: str
+    query_id: str
+    k: int
+    candidates: int = Field(description="Candidates scored")
+    items: list[Ranked]
+    versions: SearchVersions
+    degraded: bool = Field(description="true when the online store failed: ranked on request-time features only")

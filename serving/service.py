@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from http import HTTPStatus
 
 import anyio
 import bentoml
@@ -20,11 +21,23 @@ from fastapi import FastAPI
 from pipelines.settings import Settings
 from pipelines.text import normalize_query
 from serving.limits import RequestLimits
-from serving.schema import DEFAULT_K, EXAMPLE_QUERY, MAX_BATCH, EncodeTexts, RetrieveRequest, RetrieveResponse
+from serving.schema import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_K,
+    DEFAULT_SEARCH_K,
+    EXAMPLE_QUERY,
+    MAX_BATCH,
+    EncodeTexts,
+    RetrieveRequest,
+    RetrieveResponse,
+    SearchRequest,
+    SearchResponse,
+)
 
 with bentoml.importing():
     from serving.batcher import MicroBatcher
     from serving.retriever import LoadedRetriever, Timings
+    from serving.search import LoadedSearch
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")  # no usage analytics: nothing leaves loopback
 info = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # GET routes beside BentoML's POST APIs
@@ -46,6 +59,11 @@ class RetrieverService:
         settings = Settings.load()
         self.core = LoadedRetriever(settings)
         self.batcher = MicroBatcher(self.core.find, max_batch=MAX_BATCH, lanes=settings.lanes)
+        self.searcher, self.search_error = None, None
+        try:  # /retrieve serves without a ranker; /search then says why it cannot
+            self.searcher = LoadedSearch(settings)
+        except (LookupError, FileNotFoundError) as exc:
+            self.search_error = str(exc)
 
     @bentoml.api
     def encode(self, texts: EncodeTexts) -> np.ndarray:
@@ -67,10 +85,27 @@ class RetrieverService:
         ctx.response.headers["X-Encode-Batch"] = str(found.batch)
         return response
 
+    @bentoml.api(input_spec=SearchRequest, output_spec=SearchResponse)
+    async def search(self, ctx: bentoml.Context, query: str = EXAMPLE_QUERY, k: int = DEFAULT_SEARCH_K,
+                     n: int = DEFAULT_CANDIDATES, explain: bool = False) -> SearchResponse:
+        """Top-k of n candidates by the ranker's value model, with relevance and engagement estimates."""
+        if self.searcher is None:
+            raise SearchUnavailable(f"/search has no ranker: {self.search_error}")
+        timings = Timings()
+        response = await anyio.to_thread.run_sync(self.searcher.search, query, k, n, explain, timings)
+        ctx.response.headers["Server-Timing"] = timings.header()
+        return response
+
     @info.get("/metadata")
     def metadata(self) -> dict:
         """Model, index and feature-service versions, blend provenance, online-store state."""
         return self.core.metadata()
+
+
+class SearchUnavailable(bentoml.exceptions.BentoMLException):
+    """503 JSON: the deployment has no (loadable) ranker."""
+
+    error_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 RetrieverService.add_asgi_middleware(RequestLimits)

@@ -14,16 +14,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from ranx import Qrels, Run
+from ranx import evaluate as ranx_evaluate
 from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.evaluation.ab import ab_test, query_totals
 from pipelines.evaluation.judgments import UNSEEN, from_lake
+from pipelines.evaluation.models import Models
 from pipelines.evaluation.offline import EvalConfig, evaluate_models
-from pipelines.evaluation.run import ModelRunner
+from pipelines.evaluation.trec import write_runs
 from pipelines.ingest.synthetic import generate_synthetic
 from pipelines.metrics import RELEVANT, ranked
 from pipelines.modeling.registry import BASE_VERSION, UnknownModel
+from pipelines.retrieval.runner import ModelRunner
 from pipelines.simulation import EMPTY, ClickConfig, simulate
 from pipelines.text import query_id
 from pipelines.workspace import Workspace
@@ -144,7 +148,7 @@ def _close(got, expected) -> bool:
 
 def test_bm25_ranks_the_tiny_catalog_as_worked_out_by_hand(tiny):
     ws, _ = tiny
-    ranker = ModelRunner(ws.lake.read("items"), ws.models_dir).ranker("bm25")
+    ranker = Models(ws).ranker("bm25")
     shown = ranker([text for text, _, _ in TINY])
     assert [[x for x in row if x != EMPTY] for row in shown] == TINY_RANKED
 
@@ -170,6 +174,54 @@ def test_eval_cli_reports_the_metrics_worked_out_by_hand(tiny, tmp_path):
         assert rows.loc[text, "bucket"] == TINY_BUCKETS[text]
     md = (out / "report.md").read_text()
     assert "| bm25 |" in md and "NDCG@10" in md and "by query-frequency bucket" in md
+
+
+def test_save_runs_writes_trec_files_that_ranx_scores_as_the_report(tiny, tmp_path):
+    """--save-runs: runs/<model>.run with BM25's hand-worked order, and ranx on the files alone
+    gives report's ndcg@10 per query; both NDCG@10 forms are in every table."""
+    ws, csv = tiny
+    out = tmp_path / "out"
+    result = invoke(ws, "eval", "--judgments", str(csv), "--model", "bm25", "--out", str(out), "--save-runs")
+    assert result.exit_code == 0, result.output
+    runs = out / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["bm25.run", "qrels.txt", "queries.tsv"]
+    texts = dict(line.split("\t") for line in (runs / "queries.tsv").read_text().splitlines())
+    assert sorted(texts.values()) == sorted(text for text, _, _ in TINY)
+    run = Run.from_file(str(runs / "bm25.run"), kind="trec")
+    by_text = {texts[qid]: ranked(items) for qid, items in run.to_dict().items()}
+    assert by_text == {text: top for (text, _, _), top in zip(TINY, TINY_RANKED) if top}
+    qrels = Qrels.from_file(str(runs / "qrels.txt"), kind="trec")
+    assert qrels.to_dict()[query_id("cordless drill kit")] == {"100001": 24, "100002": 0, "100003": 18, "100004": 12}
+    ranx_evaluate(qrels, run, "ndcg@10", return_mean=False, make_comparable=True)
+    per_query = pd.read_csv(out / "per_query.csv").query("model == 'bm25'").set_index("query_id")
+    for qid, expected in per_query["ndcg@10"].items():  # ranx scores "zzzz widget" (no results) 0, as we do
+        assert np.isnan(expected) or run.scores["ndcg@10"][qid] == pytest.approx(expected, abs=1e-5), texts[qid]
+    md = (out / "report.md").read_text()
+    assert md.index("| NDCG@10 | condensed NDCG@10 |") < md.index("## condensed NDCG@10 by query-frequency bucket")
+    assert "ndcg@10_condensed" in per_query.columns
+
+
+def test_trec_run_files_round_trip_with_our_tie_order(tmp_path):
+    """Ties in the rank column follow metrics.ranked (item id ascending); scores come back exactly;
+    ':' in a model name becomes '_' in file name and tag; a tab in a query cannot break queries.tsv."""
+    runs = {"rrf:unified": {"q1": {"b": 0.5, "a": 0.5, "c": 0.75, "d": 1 / 3}, "q2": {}},
+            "bm25": {"q1": {"a": 1.0}, "q2": {"e": 2.0, "f": 2.0}}}
+    queries = pd.DataFrame({"query_id": ["q1", "q2"], "query_text": ["deck\tstain", "drill"]})
+    truth = pd.DataFrame({"query_id": ["q1", "q1", "q2"], "item_id": ["a", "b", "e"], "relevance": [2.33, 1.0, 1.75]})
+    folder = write_runs(runs, queries, truth, tmp_path)
+    lines = (folder / "rrf_unified.run").read_text().splitlines()
+    assert [line.split()[:4] for line in lines] == [["q1", "Q0", d, str(r)] for r, d in enumerate("cabd", start=1)]
+    assert {line.split()[5] for line in lines} == {"rrf_unified"}
+    for model, run in runs.items():
+        back = Run.from_file(str(folder / f"{model.replace(':', '_')}.run"), kind="trec")
+        assert back.to_dict() == {qid: items for qid, items in run.items() if items}
+        for qid, items in back.to_dict().items():
+            in_file = [line.split()[2] for line in (folder / f"{back.name}.run").read_text().splitlines()
+                       if line.startswith(f"{qid} ")]
+            assert in_file == ranked(items) == ranked(run[qid])
+    assert (folder / "queries.tsv").read_text() == "q1\tdeck stain\nq2\tdrill\n"
+    qrels = Qrels.from_file(str(folder / "qrels.txt"), kind="trec")
+    assert qrels.to_dict() == {"q1": {"a": 16, "b": 0}, "q2": {"e": 9}}  # round((relevance - 1) * 12)
 
 
 def test_buckets_come_from_query_profile_and_unseen_queries(tiny, tmp_path):
@@ -248,7 +300,7 @@ def test_eval_minimal_columns_and_split_dev(ws, tmp_path):
 def traffic(ws):
     jset = from_lake(ws.lake, "dev")
     queries = jset.queries[["query_id", "query_text"]].merge(ws.lake.read("queries")[["query_id", "frequency"]])
-    return queries, jset.judgments, ModelRunner(ws.lake.read("items"), ws.models_dir, ws.cache_dir / "retrieval")
+    return queries, jset.judgments, Models(ws)
 
 
 def test_ranker_shows_the_runs_top_10(traffic):

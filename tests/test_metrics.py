@@ -49,6 +49,33 @@ def test_exact_gains_for_thirds_and_quarters():
     assert got == pytest.approx(linear_ndcg(["b", "c", "a"], rel, 10), abs=1e-12)
 
 
+def test_condensed_ndcg_drops_unjudged_items_then_scores_as_ndcg_by_hand():
+    """Sakai 2007: the top 100 with unjudged items removed, then the same NDCG@10 (gains in quarters: exact)."""
+    rel = {"a": 3.0, "b": 2.5, "c": 1.0, "d": 1.75}  # gains 2, 1.5, 0, 0.75
+    run = {"q": {"u1": 9.0, "b": 8.0, "u2": 7.0, "c": 6.0, "a": 5.0, "u3": 4.0, "d": 3.0}}
+    got = evaluate(run, judgments([("q", i, r) for i, r in rel.items()]))["per_query"]["q"]
+    idcg = 2.0 / 1 + 1.5 / math.log2(3) + 0.75 / math.log2(4) + 0.0  # a b d c
+    # full list u1 b u2 c a u3 d: ranks 2, 4, 5, 7 hold the judged items
+    full = 0.0 + 1.5 / math.log2(3) + 0.0 + 0.0 / math.log2(5) + 2.0 / math.log2(6) + 0.0 + 0.75 / math.log2(8)
+    # condensed list b c a d: ranks 1..4
+    condensed = 1.5 / 1 + 0.0 / math.log2(3) + 2.0 / math.log2(4) + 0.75 / math.log2(5)
+    assert got["ndcg@10"] == pytest.approx(full / idcg, abs=1e-12)
+    assert got["ndcg@10_condensed"] == pytest.approx(condensed / idcg, abs=1e-12)
+    assert list(METRICS[:2]) == ["ndcg@10", "ndcg@10_condensed"]
+
+
+def test_condensed_list_is_cut_from_the_top_100():
+    """Judged items below rank 10 move up into the top 10; below rank 100 they were never retrieved."""
+    unjudged = {f"u{i:03d}": 1.0 - i / 1000 for i in range(100)}
+    rows = judgments([("near", "a", 3.0), ("far", "a", 3.0)])
+    out = evaluate({"near": {**dict(list(unjudged.items())[:12]), "a": 0.5}, "far": {**unjudged, "a": 0.5}}, rows)
+    near, far = out["per_query"]["near"], out["per_query"]["far"]
+    assert near["ndcg@10"] == 0.0 and near["ndcg@10_condensed"] == 1.0  # rank 13 -> rank 1
+    assert far["ndcg@25"] == 0.0 and far["ndcg@10_condensed"] == 0.0  # rank 101: outside the scored run
+    none_judged = evaluate({"q": {"x": 1.0}}, judgments([("q", "a", 3.0)]))["per_query"]["q"]
+    assert none_judged["ndcg@10_condensed"] == 0.0  # condensed to an empty list
+
+
 def test_recall_counts_relevance_at_least_two_within_depth_100():
     rel = {"a": 2.0, "b": 1.75, "c": 3.0, "d": 2.25}
     run = {"q": {"a": 1.0, "b": 0.9, **{f"u{i:03d}": 0.5 for i in range(98)}, "c": 0.1, "d": 0.05}}
@@ -76,6 +103,7 @@ def test_undefined_queries_are_nan_and_left_out_of_means():
     assert out["count"]["recall@100"] == 1 and out["mean"]["recall@100"] == 1.0
     only_ones = evaluate({"q": {"a": 1.0}}, judgments([("q", "a", 1.0)]))
     assert math.isnan(only_ones["per_query"]["q"]["ndcg@10"]) and only_ones["count"]["ndcg@10"] == 0
+    assert math.isnan(only_ones["per_query"]["q"]["ndcg@10_condensed"]) and only_ones["count"]["ndcg@10_condensed"] == 0
 
 
 def test_missing_run_counts_as_empty_and_ties_break_by_item_id():
@@ -93,4 +121,5 @@ def test_a_run_that_found_nothing_for_any_query_scores_zero():
     """Every list empty (a query set no channel matches): ranx cannot take such a run; the metrics are 0."""
     out = evaluate({"q": {}}, judgments([("q", "a", 3.0), ("r", "b", 2.0)]))
     assert out["mean"]["ndcg@10"] == 0.0 and out["mean"]["recall@100"] == 0.0 and out["queries"] == 2
+    assert out["mean"]["ndcg@10_condensed"] == 0.0
     assert out["mean"]["irrelevant@10"] == 0.0 and math.isnan(out["mean"]["mean_relevance@10"])

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.ranking.losses import examined_event_loss, ordinal_loss
+from pipelines.ranking.losses import binomial_event_loss, cumulative_targets, ordinal_loss
 from pipelines.ranking.model import GRADES, OrdinalHead, Ranker, RankerConfig, relevance_probabilities
 from pipelines.ranking.value import ValueWeights, value
 
@@ -34,8 +34,9 @@ def test_ordinal_loss_is_the_sum_of_threshold_cross_entropies():
     logits = torch.tensor([[2.0, 0.0, -1.0]])
     grade = torch.tensor([2])  # targets 1[2 >= k] for k = 1, 2, 3: 1, 1, 0
     by_hand = math.log(1 + math.exp(-2.0)) + math.log(2.0) + math.log(1 + math.exp(-1.0))
-    assert math.isclose(ordinal_loss(logits, grade).item(), by_hand, rel_tol=1e-6)
-    weighted = ordinal_loss(torch.cat([logits, logits]), torch.tensor([2, 0]), torch.tensor([1.0, 0.0]))
+    assert math.isclose(ordinal_loss(logits, cumulative_targets(grade)).item(), by_hand, rel_tol=1e-6)
+    weighted = ordinal_loss(torch.cat([logits, logits]), cumulative_targets(torch.tensor([2, 0])),
+                            torch.tensor([1.0, 0.0]))
     assert math.isclose(weighted.item(), by_hand, rel_tol=1e-6)  # a zero-weight row counts for nothing
 
 
@@ -56,7 +57,7 @@ def test_click_loss_learns_attractiveness_not_position():
     exam, event = torch.as_tensor(examination[position]).float(), torch.as_tensor(clicks)
     for _ in range(300):
         optimizer.zero_grad()
-        examined_event_loss(model(x)["click"], event, exam).backward()
+        binomial_event_loss(torch.sigmoid(model(x)["click"]), event.float(), torch.ones(n), exam).backward()
         optimizer.step()
     with torch.no_grad():
         learned = torch.sigmoid(model(torch.eye(4))["click"]).numpy()

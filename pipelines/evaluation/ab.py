@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.evaluation.judgments import from_lake
-from pipelines.evaluation.run import ModelRunner
+from pipelines.evaluation.models import Models
 from pipelines.metrics import RELEVANT
 from pipelines.modeling.registry import BASE_VERSION
 from pipelines.simulation import ClickConfig, ClickLog, Ranker, simulate
@@ -137,12 +137,12 @@ def run_ab(ws: Workspace, config: ABConfig, out: Path | None = None) -> dict:
     from pipelines.evaluation.report import write_ab_report
 
     out = Path(out) if out is not None else default_out(ws, config)
-    retriever = ModelRunner(ws.lake.read("items"), ws.models_dir, ws.cache_dir / "retrieval")
-    retriever.check([config.a, config.b])
+    models = Models(ws)
+    models.check([config.a, config.b])
     jset = from_lake(ws.lake, config.split)
     lake_queries = ws.lake.read("queries")[["query_id", "frequency"]]
     queries = jset.queries[["query_id", "query_text"]].merge(lake_queries, on="query_id", how="left")
-    result = ab_test(queries, retriever.ranker(config.a), retriever.ranker(config.b), jset.judgments,
+    result = ab_test(queries, models.ranker(config.a), models.ranker(config.b), jset.judgments,
                      config.click_config(len(queries)), config.seed, config.resamples)
     report = {"created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
               "config": asdict(config), "click_model": config.click_config(len(queries)).to_dict(), **result}

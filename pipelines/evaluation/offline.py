@@ -4,10 +4,10 @@ For every query of the set each model retrieves its top 100 from the whole catal
 pipelines.metrics.evaluate, the one definition of the metrics, scores the run: once on all
 queries and once per query-frequency bucket. Outputs (report.py): report.json, report.md,
 per_query.csv, metrics.png and ndcg_by_bucket.png in the output directory, with the resolved config
-inside report.json.
+inside report.json; with `save_runs`, the scored runs as TREC files in runs/ (trec.py).
 
     unisup eval --split dev --model bm25 --model minilm-l6-v2 --model rrf
-    unisup eval --judgments held_out.csv --model bm25 --out reports/held_out
+    unisup eval --judgments held_out.csv --model bm25 --out reports/held_out --save-runs
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.evaluation import judgments as judgment_sets
+from pipelines.evaluation.models import Models
 from pipelines.evaluation.report import write_eval_report
-from pipelines.evaluation.run import ModelRunner
+from pipelines.evaluation.trec import write_runs
 from pipelines.metrics import DEPTH, evaluate
 from pipelines.modeling.registry import BASE_VERSION
 from pipelines.workspace import Workspace
@@ -35,6 +36,9 @@ class EvalConfig:
         "help": "A file in the Home Depot judgments layout; None scores the lake's `split` instead"})
     split: str = field(default="dev", metadata={"help": "Lake split scored when no file is given"})
     encoding: str = field(default="auto", metadata={"help": "Encoding of the judgments file"})
+    save_runs: bool = field(default=False, metadata={
+        "help": "Also write every model's top-100 lists as TREC run files (runs/<model>.run, queries.tsv, "
+                "qrels.txt) for trec_eval or ranx"})
 
     def label(self) -> str:
         """Short name of the judgment set, for the default output directory."""
@@ -72,14 +76,13 @@ def score(runs: dict[str, dict], jset: judgment_sets.JudgmentSet) -> dict[str, d
 def evaluate_models(ws: Workspace, config: EvalConfig, out: Path | None = None) -> dict:
     """Retrieve, score and write the report; returns the report dict (as written to report.json)."""
     out = Path(out) if out is not None else default_out(ws, config)
-    items = ws.lake.read("items")
-    retriever = ModelRunner(items, ws.models_dir, ws.cache_dir / "retrieval")
-    retriever.check(config.models)
+    models = Models(ws)
+    models.check(config.models)
     jset = load_judgments(ws, config, out)
-    runs, seconds = retriever.runs(jset.queries["query_norm"].tolist(), jset.queries["query_id"].tolist(),
+    runs, seconds = models.runs(jset.queries["query_norm"].tolist(), jset.queries["query_id"].tolist(),
                                    config.models, DEPTH)
     results = score(runs, jset)
-    catalog = set(retriever.item_ids)
+    catalog = set(models.runner.item_ids)
     report = {
         "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
@@ -91,4 +94,6 @@ def evaluate_models(ws: Workspace, config: EvalConfig, out: Path | None = None) 
         "models": {m: {k: v for k, v in r.items() if k != "per_query"} for m, r in results.items()},
     }
     write_eval_report(report, results, jset.queries, out)
+    if config.save_runs:
+        write_runs(runs, jset.queries, jset.judgments, out)
     return report

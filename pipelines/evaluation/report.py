@@ -15,9 +15,11 @@ import pandas as pd
 from pipelines.metrics import METRICS
 from pipelines.retrieval.report import json_safe
 
-LABELS = {"ndcg@10": "NDCG@10", "ndcg@25": "NDCG@25", "recall@100": "recall@100",
-          "irrelevant@10": "irrelevant@10", "mean_relevance@10": "mean judged rel@10",
+LABELS = {"ndcg@10": "NDCG@10", "ndcg@10_condensed": "condensed NDCG@10", "ndcg@25": "NDCG@25",
+          "recall@100": "recall@100", "irrelevant@10": "irrelevant@10", "mean_relevance@10": "mean judged rel@10",
           "coverage@10": "judged coverage@10"}
+# both NDCG@10 forms in every table: unjudged-as-0 alone rewards look-alikes of the judged lexical pool
+BUCKET_METRICS = ("ndcg@10", "ndcg@10_condensed")
 
 
 def _pyplot():
@@ -50,7 +52,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def eval_markdown(report: dict) -> str:
-    """report.md: the metric table per model, then NDCG@10 and query counts per frequency bucket."""
+    """report.md: the metric table per model, then both NDCG@10 forms per frequency bucket."""
     models = report["models"]
     inp = report["input"]
     head = (f"# Retrieval evaluation: {inp['source']}\n\n{inp['queries']:,} queries, {inp['judgments']:,} "
@@ -65,12 +67,16 @@ def eval_markdown(report: dict) -> str:
          _fmt(report["search_seconds"].get(name, float("nan")), ".1f")] for name, r in models.items()])
     first = next(iter(models.values()))
     buckets = list(first["by_bucket"])  # offline.score wrote them busiest first
-    by_bucket = markdown_table(["model", *(f"{b} ({first['by_bucket'][b]['queries']})" for b in buckets)], [
-        [name, *(_fmt(r["by_bucket"][b]["mean"]["ndcg@10"]) for b in buckets)] for name, r in models.items()])
+    header = ["model", *(f"{b} ({first['by_bucket'][b]['queries']})" for b in buckets)]
+    by_bucket = "\n\n".join(
+        f"## {LABELS[m]} by query-frequency bucket (queries)\n\n" + markdown_table(header, [
+            [name, *(_fmt(r["by_bucket"][b]["mean"][m]) for b in buckets)] for name, r in models.items()])
+        for m in BUCKET_METRICS)
     note = ("Means over the queries where a metric is defined (see pipelines/metrics.py): "
             "NDCG needs a judged item with gain, recall a relevant item, mean judged relevance a judged "
-            "item in the top 10.")
-    return f"{head}\n{overall}\n\n{note}\n\n## NDCG@10 by query-frequency bucket (queries)\n\n{by_bucket}\n"
+            "item in the top 10. Condensed NDCG@10 drops the unjudged items from each list before scoring "
+            "(Sakai 2007).")
+    return f"{head}\n{overall}\n\n{note}\n\n{by_bucket}\n"
 
 
 def plot_metrics(report: dict, path: Path) -> Path:
@@ -93,19 +99,21 @@ def plot_metrics(report: dict, path: Path) -> Path:
 
 
 def plot_buckets(report: dict, path: Path) -> Path:
-    """NDCG@10 per frequency bucket, one bar per model in each bucket."""
+    """One panel per NDCG@10 form, one bar per model in each frequency bucket."""
     models = list(report["models"])
     first = report["models"][models[0]]["by_bucket"]
     buckets = list(first)
     width = 0.8 / max(len(models), 1)
+    panel = max(4.0, 1.6 * len(buckets) + 1.5)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(buckets) + 1.5), 3.6))
-    for i, model in enumerate(models):
-        values = [report["models"][model]["by_bucket"][b]["mean"]["ndcg@10"] for b in buckets]
-        ax.bar([j + (i - (len(models) - 1) / 2) * width for j in range(len(buckets))], values, width, label=model)
-    ax.set_xticks(range(len(buckets)), [f"{b}\n({first[b]['queries']} q)" for b in buckets])
-    ax.set_ylabel("NDCG@10")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(BUCKET_METRICS), figsize=(panel * len(BUCKET_METRICS), 3.6), sharey=True)
+    for ax, metric in zip(axes, BUCKET_METRICS):
+        for i, model in enumerate(models):
+            values = [report["models"][model]["by_bucket"][b]["mean"][metric] for b in buckets]
+            ax.bar([j + (i - (len(models) - 1) / 2) * width for j in range(len(buckets))], values, width, label=model)
+        ax.set_xticks(range(len(buckets)), [f"{b}\n({first[b]['queries']} q)" for b in buckets])
+        ax.set_title(LABELS[metric], fontsize=9)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -6,9 +6,11 @@
   increases with k for ANY weights, not only at CORAL's optimum. Written here rather than taken
   from coral-pytorch: that layer leaves the biases free (rank consistency is a property of its
   optimum, not of every step), and it is 20 lines.
-- EngagementHead: one logit of P(event | examined) for clicks and one for orders. Training
-  multiplies by the position's examination probability (losses.py), so the head learns the item's
-  attractiveness, not where the logged ranker happened to put it.
+- EngagementHead: one logit of P(click | examined) and one of P(order | click); P(order | examined)
+  is their product (`engagement_probabilities`), so it never exceeds P(click | examined), also for
+  items the logs never showed (a free order head extrapolated to P(order) > P(click) there and the
+  value model ranked those first). Training multiplies by the position's examination probability
+  (losses.py), so the heads learn the item's attractiveness, not where the logged ranker put it.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class OrdinalHead(nn.Module):
 
 
 class EngagementHead(nn.Module):
-    """Logit of P(event | examined) for one event (click or order)."""
+    """One engagement logit: P(click | examined), or P(order | click)."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -94,3 +96,9 @@ def relevance_probabilities(logits: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """(cumulative P(grade >= k), (B, GRADES-1); expected grade = their sum, (B,))."""
     cumulative = torch.sigmoid(logits)
     return cumulative, cumulative.sum(dim=-1)
+
+
+def engagement_probabilities(outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P(click | examined), P(order | examined) = P(click | examined) * P(order | click)), (B,) each."""
+    p_click = torch.sigmoid(outputs["click"])
+    return p_click, p_click * torch.sigmoid(outputs["order"])

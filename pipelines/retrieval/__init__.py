@@ -80,14 +80,14 @@ def build_channels(items: pd.DataFrame, cache_dir: Path | None = None,
 
 
 def search_all(channels: dict[str, Channel], queries: Sequence[str], k: int = 100,
-               chunk: int = 1024) -> tuple[dict[str, Hits], dict[str, float]]:
-    """Every channel's top-k for every query, with one progress bar per channel.
+               chunk: int = 1024, progress: bool = True) -> tuple[dict[str, Hits], dict[str, float]]:
+    """Every channel's top-k for every query, with one progress bar per channel (none for a request).
 
     Returns hits and seconds per channel (the channel search cost the reports quote)."""
     queries = list(queries)
     hits, seconds = {}, {}
     columns = (TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as bar:
+    with Progress(*columns, disable=not progress) as bar:
         for name, channel in channels.items():
             task = bar.add_task(f"{name} top-{k}", total=len(queries))
             start, parts = time.perf_counter(), []

@@ -209,4 +209,6 @@ gated_engagement_fv = OnDemandFeatureView(
 
 SIGNAL = Signal(engagement_stats_fv, producer=engagement_stats,
                 online_features=("clicks_30d", "ctr_debiased_30d", "is_relevant", "gated_ctr_30d"),
-                derived=(gated_engagement_fv,))
+                derived=(gated_engagement_fv,),
+                ranker_features=("impressions_30d", "clicks_30d", "orders_30d", "ctr_smoothed_30d", "ctr_debiased_30d",
+                                 "is_relevant", "gated_clicks_30d", "gated_orders_30d", "gated_ctr_30d"))

@@ -44,4 +44,5 @@ def item_profile(ctx: SignalContext) -> pd.DataFrame:
     })
 
 
-SIGNAL = Signal(item_profile_fv, producer=item_profile, online_features=("title", "popularity"))
+SIGNAL = Signal(item_profile_fv, producer=item_profile, online_features=("title", "popularity"),
+                ranker_features=("title_tokens", "popularity"))

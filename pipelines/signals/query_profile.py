@@ -66,4 +66,5 @@ def query_profile(ctx: SignalContext) -> pd.DataFrame:
     })
 
 
-SIGNAL = Signal(query_profile_fv, producer=query_profile, online_features=("frequency",))
+SIGNAL = Signal(query_profile_fv, producer=query_profile, online_features=("frequency",),
+                ranker_features=("query_tokens", "frequency"))

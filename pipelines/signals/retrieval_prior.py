@@ -91,4 +91,5 @@ def retrieval_prior(ctx: SignalContext) -> pd.DataFrame:
     return table[COLUMNS]
 
 
-SIGNAL = Signal(retrieval_prior_fv, producer=retrieval_prior, online_features=("fusion_score", "agreement"))
+SIGNAL = Signal(retrieval_prior_fv, producer=retrieval_prior, online_features=("fusion_score", "agreement"),
+                ranker_features=("rank_bm25", "rank_dense", "rank_char", "fusion_score", "agreement"))

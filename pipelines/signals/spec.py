@@ -64,16 +64,19 @@ Producer = Callable[[SignalContext], pd.DataFrame]
 
 @dataclass(frozen=True)
 class Signal:
-    """A feature view, its producer, and what of it the retriever reads online.
+    """A feature view, its producer, and what of it the retriever and the ranker read.
 
     derived: on-demand views computed from this signal's view (and others) at read time; they join
     the `training` service with the view. online_features: the features of the view or of a derived
-    view that `retriever_online` reads; empty keeps the signal offline-only."""
+    view that `retriever_online` reads; empty keeps the signal out of it. ranker_features: the
+    numeric features the ranking stage reads, point-in-time (`ranking`) and online (`ranker_online`)
+    alike; never a label (the human grade) or an identifier."""
 
     view: FeatureView
     producer: Producer
     online_features: tuple[str, ...] = ()
     derived: tuple[OnDemandFeatureView, ...] = ()
+    ranker_features: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -87,13 +90,20 @@ class Signal:
         return [self.view, *self.derived]
 
     def online_views(self) -> list[FeatureView | OnDemandFeatureView]:
-        """The online features, as projections (view[[names]]) of the views that own them, view first."""
-        wanted = set(self.online_features)
+        """`retriever_online`'s features, as projections (view[[names]]) of the views that own them."""
+        return self._projections(self.online_features, "online")
+
+    def ranker_views(self) -> list[FeatureView | OnDemandFeatureView]:
+        """The ranking stage's features, as projections of the views that own them."""
+        return self._projections(self.ranker_features, "ranker")
+
+    def _projections(self, names: tuple[str, ...], role: str) -> list[FeatureView | OnDemandFeatureView]:
+        wanted = set(names)
         owned = [(v, [f.name for f in v.features if f.name in wanted]) for v in self.views()]
-        unknown = wanted - {name for _, names in owned for name in names}
+        unknown = wanted - {name for _, found in owned for name in found}
         if unknown:
-            raise ValueError(f"signal {self.name!r}: online features {sorted(unknown)} are in none of its views")
-        return [v[names] for v, names in owned if names]
+            raise ValueError(f"signal {self.name!r}: {role} features {sorted(unknown)} are in none of its views")
+        return [v[found] for v, found in owned if found]
 
 
 def signals_in(namespace: dict) -> list[Signal]:

@@ -49,13 +49,13 @@ from feast.types import Float32, Int64, String
 from rich.console import Console
 
 from pipelines.retrieval import build_channels
+from pipelines.retrieval.pair_features import PairScorer
 from pipelines.signals.entities import PAIR
 from pipelines.signals.retrieval_prior import candidate_table, retrieval_cache
 from pipelines.signals.spec import Signal, SignalContext, signal_source, table_columns
 from pipelines.signals.training import training_judgments, training_queries
 from pipelines.teacher.calibrate import teacher_role
 from pipelines.teacher.cascade import Teacher, TeacherConfig, fit_teacher
-from pipelines.teacher.stage1 import PairScorer
 
 # (teacher_version, cascade stages, days before as_of): two back-dated snapshots of one run
 VERSIONS = (("teacher-v1", 1, 14), ("teacher-v2", 2, 1))
@@ -168,4 +168,5 @@ def teacher_labels(ctx: SignalContext, config: TeacherConfig | None = None) -> p
     return pd.concat(frames, ignore_index=True)[COLUMNS]
 
 
-SIGNAL = Signal(teacher_labels_fv, producer=teacher_labels, online_features=("expected_grade", "confidence"))
+SIGNAL = Signal(teacher_labels_fv, producer=teacher_labels, online_features=("expected_grade", "confidence"),
+                ranker_features=("grade_p0", "grade_p1", "grade_p2", "grade_p3", "expected_grade", "confidence"))

@@ -176,11 +176,16 @@ def _categorical(values: pd.Series, rows: np.ndarray) -> pd.Categorical:
 
 
 def simulate(queries: pd.DataFrame, ranker: Ranker, relevance_lookup: pd.DataFrame | None = None,
-             config: ClickConfig = ClickConfig(), seed: int = 0) -> ClickLog:
+             config: ClickConfig = ClickConfig(), seed: int = 0, traffic_seed: int | None = None) -> ClickLog:
     """Simulate `config.days` of searches for `queries` (query_id, query_text, optional frequency)
-    ranked by `ranker`, with true grades from `relevance_lookup` (query_id, item_id, relevance)."""
+    ranked by `ranker`, with true grades from `relevance_lookup` (query_id, item_id, relevance).
+
+    `seed` fixes the world (query frequencies, item popularity, every pair's attractiveness);
+    `traffic_seed` (default: seed) the searches and clicks drawn in it, so another traffic_seed is
+    another stretch of days of the same users: the ranker's engagement labels are future traffic,
+    never the days its engagement features were aggregated from."""
     queries = queries.reset_index(drop=True)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if traffic_seed is None else traffic_seed)
     freq = query_frequency(queries, config, seed)
     rate = config.searches_per_query_day * freq / max(freq.mean(), 1e-12)
     searches = rng.poisson(rate[:, None], size=(len(queries), config.days))  # drawn before any

@@ -49,10 +49,11 @@ import pandas as pd
 from rich.console import Console
 
 from pipelines.metrics import evaluate
+from pipelines.retrieval.pair_features import PairScorer
 from pipelines.teacher.calibrate import GradeCalibrator
 from pipelines.teacher.cross_encoder import CrossEncoder, CrossEncoderConfig, train_cross_encoder
 from pipelines.teacher.grades import blend, confidence, expected_grade, to_grade
-from pipelines.teacher.stage1 import PairScorer, Stage1, Stage1Config
+from pipelines.teacher.stage1 import Stage1, Stage1Config
 
 TIE_BREAK = 1e-4  # weight of the raw expected grade in ranking scores (calibrated maps have flat spots)
 

@@ -17,16 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from pipelines.metrics import DEPTH, ranked
+from pipelines.metrics import DEPTH
 from pipelines.modeling.registry import BASE_VERSION, resolve
 from pipelines.retrieval import Channel, Hits, search_all, shared_encoder
 from pipelines.retrieval.fusion import fused_run, prior_table
 from pipelines.retrieval.report import hits_run
-from pipelines.simulation import EMPTY, Ranker
-from pipelines.text import normalize_query
 
 RRF = "rrf"
 LEXICAL = ("bm25", "char")
@@ -75,6 +72,22 @@ class ModelRunner:
                 self._channels[name] = DenseChannel.build(self.item_ids, self.titles, encoder, self.cache_dir)
         return self._channels[name]
 
+    def fused_channels(self, model: str) -> dict[str, Channel]:
+        """The prior's channel -> channel behind a fused model name; ValueError for any other name."""
+        parts = fused_channels(model)
+        if parts is None:
+            raise ValueError(f"{model!r} is no fused model (rrf or rrf:VERSION)")
+        self.check([model])
+        return {c: self.channel(n) for c, n in parts.items()}
+
+    def candidates(self, texts: Sequence[str], query_ids: Sequence[str], model: str, n: int,
+                   progress: bool = True) -> pd.DataFrame:
+        """The ranking stage's candidates: a fused model's top n per query (fewer where the channels'
+        top-100 lists hold fewer items) with the prior's columns (rank_<channel>, fusion_score,
+        agreement), sorted by query then fusion_score. One function for training, eval and serving."""
+        hits, _ = search_all(self.fused_channels(model), list(texts), k=DEPTH, progress=progress)
+        return prior_table(hits, list(query_ids)).groupby("query_id", sort=False).head(n).reset_index(drop=True)
+
     def runs(self, texts: Sequence[str], query_ids: Sequence[str], models: Sequence[str],
              depth: int = DEPTH) -> tuple[dict[str, Run], dict[str, float]]:
         """Top-`depth` run of every model for the queries, and search seconds per model.
@@ -91,23 +104,6 @@ class ModelRunner:
             runs[m] = fused_run(prior_table({c: hits[n] for c, n in parts.items()}, qids), depth)
             seconds[m] = sum(seconds[n] for n in parts.values())
         return {m: runs[m] for m in models}, {m: round(seconds[m], 2) for m in models}
-
-    def ranker(self, model: str, depth: int = 10) -> Ranker:
-        """A simulator Ranker: raw query texts -> (n, depth) item ids in metrics.ranked order, EMPTY
-        where the model returns fewer. The lists `runs` scores, cut at `depth` after ranking: cutting
-        the channel's own top-k first would settle ties at the cut by the channel's order, not ours."""
-        self.check([model])
-
-        def rank(texts: Sequence[str]) -> np.ndarray:
-            keys = [str(i) for i in range(len(texts))]
-            run = self.runs([normalize_query(t) for t in texts], keys, [model], DEPTH)[0][model]
-            out = np.full((len(texts), depth), EMPTY, dtype=object)
-            for i, key in enumerate(keys):
-                top = ranked(run.get(key, {}), depth)
-                out[i, :len(top)] = top
-            return out
-
-        return rank
 
 
 def _cut(hits: Hits, depth: int) -> Hits:

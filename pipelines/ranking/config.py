@@ -1,0 +1,30 @@
+"""Settings of the ranking stage (kept apart from the code that needs torch, so the CLI starts fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RankerDataConfig:
+    """What the training table holds."""
+
+    candidates: str = field(default="rrf:unified", metadata={"help": "Candidate model (rrf:VERSION)"})
+    n: int = field(default=200, metadata={"help": "Candidates per query"})
+    label_days: int = field(default=14, metadata={"help": "Days of future traffic per engagement window"})
+    quick: bool = field(default=False, metadata={"help": "A sample of training queries, for tests and CI"})
+    seed: int = field(default=0, metadata={"help": "World seed of the click simulator (the store's)"})
+
+
+@dataclass(frozen=True)
+class RankerTrainConfig:
+    """How the ranker is trained."""
+
+    epochs: int = field(default=4, metadata={"help": "Passes over the fit rows"})
+    batch_size: int = field(default=2048, metadata={"help": "Rows per step"})
+    lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate"})
+    teacher_weight: float = field(default=0.5, metadata={"help": "Relevance-loss weight of teacher rows (human: 1)"})
+    engagement_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the click and order losses"})
+    drop_share: float = field(default=0.5, metadata={"help": "Share of queries trained without query-keyed features"})
+    ndcg_tolerance: float = field(default=0.01, metadata={"help": "Calib NDCG@10 the value weights may give up"})
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation, batches and feature dropping"})

@@ -1,0 +1,133 @@
+"""The search stack: candidates -> request-time features -> ONE online lookup -> ranker -> value.
+
+The one function behind `unisup eval --model search:RANKER`, `unisup ab` and BentoML's /search, for a
+batch of queries (eval) or one request. Model names: "search:NAME" ranks by the value model with
+the weights chosen on calib queries; "search:NAME@VARIANT" is an ablation of the same stack:
+
+- relevance:  expected grade alone (the relevance head);
+- engagement: P(click) + 2 P(order) alone (the engagement heads);
+- lambdamart: the LightGBM lambdarank baseline trained beside the ranker on the same features.
+
+Store features come from the online store (`ranker_online`): when it fails (Redis down), the stack
+ranks with request-time features only and says so (`degraded`); the next request tries again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pipelines.metrics import DEPTH
+from pipelines.ranking.features import assemble, pair_features
+from pipelines.ranking.store import OUTPUTS, RankerFiles, predict
+from pipelines.ranking.value import ValueWeights, value
+from pipelines.retrieval.pair_features import PairScorer
+from pipelines.retrieval.runner import ModelRunner, Run
+from pipelines.workspace import Workspace
+
+SERVICE = "ranker_online"
+VARIANTS = ("value", "relevance", "engagement", "lambdamart")
+LOOKUP_CHUNK = 20_000  # pairs per online read in batch (eval) use
+ENGAGEMENT_ONLY = ValueWeights(click_weight=1.0, order_weight=2.0)
+
+
+@dataclass
+class Ranked:
+    """Candidates of a batch with their features, the ranker's outputs and `value`, best first per
+    query; per-stage seconds; whether the store was unreachable."""
+
+    rows: pd.DataFrame
+    seconds: dict[str, float] = field(default_factory=dict)
+    degraded: bool = False
+
+
+class SearchStack:
+    def __init__(self, ws: Workspace, name: str, variant: str, runner: ModelRunner, online=None):
+        if variant not in VARIANTS:
+            raise ValueError(f"ranker variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+        self.ws, self.name, self.variant, self.runner = ws, name, variant, runner
+        self.model, self.spec, self.booster, self.meta = RankerFiles.of(ws, name).load()
+        self.candidate_model = self.meta["data"]["candidates"]
+        self.n = int(self.meta["data"]["n"])
+        self.weights = {"value": ValueWeights(**self.meta["value_weights"]), "relevance": ValueWeights(),
+                        "engagement": ENGAGEMENT_ONLY}.get(variant)
+        self.scorer = PairScorer(runner.fused_channels(self.candidate_model), ws.lake.read("items"))
+        self._online = online
+
+    @classmethod
+    def load(cls, ws: Workspace, ref: str, runner: ModelRunner | None = None, online=None) -> SearchStack:
+        """ref is "NAME" or "NAME@VARIANT"."""
+        name, _, variant = ref.partition("@")
+        runner = runner or ModelRunner(ws.lake.read("items"), ws.models_dir, ws.cache_dir / "retrieval")
+        return cls(ws, name, variant or "value", runner, online)
+
+    @property
+    def online(self):
+        if self._online is None:
+            from pipelines.features.online import OnlineFeatures
+
+            self._online = OnlineFeatures(self.ws, SERVICE)
+        return self._online
+
+    def rank(self, texts: Sequence[str], query_ids: Sequence[str], n: int | None = None,
+             progress: bool = True, degrade: bool = False) -> Ranked:
+        """Score the top-n candidates of each (normalized) query; rows sorted best first per query.
+        degrade: an online-store failure ranks without store features (a request) instead of raising
+        (a batch evaluation, whose figures must not silently change regime)."""
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        rows = self.runner.candidates(texts, query_ids, self.candidate_model, n or self.n, progress=progress)
+        norm = dict(zip(query_ids, texts))
+        rows["query_norm"] = rows["query_id"].map(norm)
+        t1 = time.perf_counter()
+        seconds["retrieve"] = t1 - t0
+        request = pair_features(self.scorer, rows)
+        t2 = time.perf_counter()
+        seconds["features"] = t2 - t1
+        stored, degraded = self.lookup(rows, degrade)
+        t3 = time.perf_counter()
+        seconds["lookup"] = t3 - t2
+        rows = assemble(rows, request, stored)
+        rows = pd.concat([rows, predict(self.model, self.spec, rows)], axis=1)
+        if self.variant == "lambdamart":
+            rows["value"] = self.booster.predict(self.spec.raw(rows))
+        else:
+            rows["value"] = value(rows["expected_relevance"].to_numpy(), rows["p_click"].to_numpy(),
+                                  rows["p_order"].to_numpy(), self.weights)
+        rows = rows.sort_values(["query_id", "value", "item_id"], ascending=[True, False, True], kind="stable")
+        seconds["rank"] = time.perf_counter() - t3
+        return Ranked(rows.reset_index(drop=True), seconds, degraded)
+
+    def lookup(self, rows: pd.DataFrame, degrade: bool = False) -> tuple[pd.DataFrame, bool]:
+        """The store features of every row (one online read per chunk; a request is one chunk), and
+        whether the store failed (then, with `degrade`, every store feature is null)."""
+        pairs = list(zip(rows["query_id"], rows["item_id"]))
+        try:
+            parts = [self.online.get_online_features(pairs[i:i + LOOKUP_CHUNK])
+                     for i in range(0, len(pairs), LOOKUP_CHUNK)]
+        except Exception:  # noqa: BLE001 - any store failure: degraded answer for a request
+            if not degrade:
+                raise
+            return pd.DataFrame(np.nan, index=rows.index, columns=self.spec.store), True
+        stored = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=self.spec.store)
+        return stored.reindex(columns=self.spec.store).set_axis(rows.index), False
+
+    def runs(self, texts: Sequence[str], query_ids: Sequence[str], depth: int = DEPTH) -> tuple[Run, float]:
+        """The top-`depth` run by value, and seconds for the whole stack (eval's view of it)."""
+        started = time.perf_counter()
+        ranked = self.rank(texts, query_ids).rows.groupby("query_id", sort=False).head(depth)
+        run: Run = {}
+        for qid, item, score in zip(ranked["query_id"], ranked["item_id"], ranked["value"]):
+            run.setdefault(qid, {})[item] = float(score)
+        return run, round(time.perf_counter() - started, 2)
+
+    def versions(self) -> dict[str, str]:
+        return {"ranker": f"{self.name}@{self.variant}", "created": self.meta["created"],
+                "candidates": self.candidate_model, "feature_service": SERVICE}
+
+
+__all__ = ["OUTPUTS", "Ranked", "SearchStack"]

@@ -1,0 +1,70 @@
+"""What /search does, on loaded state: pipelines.ranking.search.SearchStack for one request.
+
+normalize -> candidates (rrf:VERSION top n) -> request-time pair features -> ONE batched online
+lookup of `ranker_online` for the n pairs -> ranker -> value model -> top k. When the online store
+fails the stack ranks on request-time features alone and the answer says `degraded: true`; the
+client fails fast (the retriever's timeouts, no retries) and reconnects by itself on a later request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from pipelines.features.dataset import definitions_hash
+from pipelines.ranking.search import SearchStack
+from pipelines.ranking.store import CUMULATIVE
+from pipelines.settings import Settings
+from pipelines.text import normalize_query, query_id
+from serving.retriever import OnlineHealth, Timings, fail_fast
+from serving.schema import Ranked, SearchResponse, SearchVersions
+
+logger = logging.getLogger("unisup.serving")
+
+
+class LoadedSearch:
+    """The search stack of one deployment (candidate channels, ranker, online client), loaded once."""
+
+    def __init__(self, settings: Settings):
+        ws = settings.as_workspace()
+        self.stack = SearchStack.load(ws, settings.ranker)
+        fail_fast(self.stack.online, settings.online_timeout)
+        self.titles = ws.lake.read("items").set_index("item_id")["title"].astype(str)
+        self.health = OnlineHealth()
+        versions = self.stack.versions()
+        self.versions = SearchVersions(
+            ranker=versions["ranker"], ranker_created=versions["created"], candidates=versions["candidates"],
+            feature_service=versions["feature_service"],
+            feature_definitions=definitions_hash(self.stack.online.store, self.stack.online.service)[:12])
+        self.search("warm up", k=1, n=10, explain=False, timings=Timings())  # one-off allocations
+
+    def search(self, query: str, k: int, n: int, explain: bool, timings: Timings) -> SearchResponse:
+        norm = normalize_query(query)
+        qid = query_id(norm)
+        ranked = self.stack.rank([norm], [qid], n=n, progress=False, degrade=True)
+        self.health.record(not ranked.degraded, RuntimeError("online lookup failed") if ranked.degraded else None)
+        for stage, seconds in ranked.seconds.items():
+            timings.ms[stage] = seconds * 1000
+        t = time.perf_counter()
+        top = ranked.rows.head(k)
+        inputs = self.stack.spec.columns if explain else []
+        items = [Ranked.model_construct(
+            item_id=row["item_id"], title=self.titles.get(row["item_id"]), value=float(row["value"]),
+            expected_relevance=float(row["expected_relevance"]),
+            relevance={c.removeprefix("p_"): float(row[c]) for c in CUMULATIVE},
+            p_click=float(row["p_click"]), p_order=float(row["p_order"]),
+            features={c: _plain(row[c]) for c in inputs} if explain else None)
+            for row in top.to_dict("records")]
+        timings.add("respond", t)
+        return SearchResponse.model_construct(query=query, query_norm=norm, query_id=qid, k=len(items),
+                                              candidates=len(ranked.rows), items=items, versions=self.versions,
+                                              degraded=ranked.degraded)
+
+
+def _plain(value) -> float | None:
+    """A feature value as JSON: null or NaN (unknown) -> null."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
