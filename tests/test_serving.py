@@ -37,10 +37,13 @@ from conftest import RedisServer, copy_repo, free_port, prepare
 
 
 class Server(ServiceProcess):
-    """The service under test, with a /retrieve shortcut."""
+    """The service under test, with /retrieve and /search shortcuts."""
 
     def post(self, body=None, **kwargs) -> httpx.Response:
         return httpx.post(f"{self.url}/retrieve", json=body, timeout=60, **kwargs)
+
+    def search(self, body=None, **kwargs) -> httpx.Response:
+        return httpx.post(f"{self.url}/search", json=body, timeout=60, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +60,9 @@ def ws(tmp_path_factory, redis_srv) -> Workspace:
     result = CliRunner().invoke(app, [*cli_args(ws), "index", "build"])
     assert result.exit_code == 0, result.output
     assert "per-query AUC" in result.output
+    result = CliRunner().invoke(app, [*cli_args(ws), "rank", "train", "--candidates", "rrf", "--quick",
+                                      "--epochs", "1"])  # the ranker /search serves ("ranker")
+    assert result.exit_code == 0, result.output
     return ws
 
 
@@ -275,6 +281,107 @@ def test_redis_down_degrades_then_recovers(ws, server, redis_srv):
         assert time.monotonic() < deadline, "a worker still degraded 10 s after Redis came back"
         time.sleep(0.1)
     assert back["items"] == healthy["items"]
+
+
+def test_search_ranks_its_candidates_by_the_value_model(ws, server):
+    response = server.search({"query": lake_query(ws, "train"), "k": 10, "n": 50})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    items = body["items"]
+    assert len(items) == 10 and body["candidates"] == 50 and body["degraded"] is False
+    assert body["versions"]["ranker"] == "ranker@value" and body["versions"]["candidates"] == "rrf"
+    assert body["versions"]["feature_service"] == "ranker_online"
+    weights = json.loads((ws.models_dir / "rankers" / "ranker" / "ranker.json").read_text())["value_weights"]
+    for item in items:  # value.py's documented sum, recomputed from the response alone
+        p = item["relevance"]
+        assert p["grade_ge1"] >= p["grade_ge2"] >= p["grade_ge3"]
+        assert item["expected_relevance"] == pytest.approx(p["grade_ge1"] + p["grade_ge2"] + p["grade_ge3"], rel=1e-5)
+        assert 0 <= item["p_order"] <= item["p_click"] <= 1
+        assert item["value"] == pytest.approx(item["expected_relevance"] + weights["click_weight"] * item["p_click"]
+                                              + weights["order_weight"] * item["p_order"], rel=1e-5)
+        assert item["features"] is None
+    assert [i["value"] for i in items] == sorted((i["value"] for i in items), reverse=True)
+    timing = response.headers["server-timing"]
+    assert all(f"{stage};dur=" in timing for stage in ("retrieve", "features", "lookup", "rank"))
+
+
+def test_a_served_row_equals_the_training_row_of_the_same_pair(ws, server):
+    """/search's explained features for a training query and the ranker's training table (point-in-time
+    at the same moment, request-time features from the same candidates) agree feature by feature."""
+    from pipelines.ranking.config import RankerDataConfig
+    from pipelines.ranking.data import training_table
+
+    rows, _ = training_table(ws, RankerDataConfig(candidates="rrf", quick=True))
+    query = lake_query(ws, "train")
+    body = server.search({"query": query, "k": 20, "n": 200, "explain": True}).json()
+    table = rows[rows["query_id"] == body["query_id"]].set_index("item_id")
+    assert len(table) > 0, "the query is not among the quick training sample"
+    compared = known = 0
+    for item in body["items"]:
+        expected = table.loc[item["item_id"]]
+        for name, served in item["features"].items():
+            if pd.isna(expected[name]):
+                assert served is None, (item["item_id"], name, served)
+            else:
+                assert served == pytest.approx(float(expected[name]), rel=1e-5, abs=1e-6), (item["item_id"], name)
+                known += not name.startswith("request_")
+                compared += 1
+    assert compared > 100 and known > 0  # store features were compared, not only request-time ones
+
+
+SEARCH_BAD = [  # (case, body, fragment): /retrieve's rules hold, plus /search's own bounds
+    ("empty query", {"query": ""}, "at least 1 character"),
+    ("whitespace query", {"query": "  "}, "only whitespace"),
+    ("k over 100", {"query": "drill", "k": 101}, "less than or equal to 100"),
+    ("n over 1000", {"query": "drill", "n": 1001}, "less than or equal to 1000"),
+    ("n below k", {"query": "drill", "k": 20, "n": 10}, "at least k"),
+    ("explain as string", {"query": "drill", "explain": "yes"}, "valid boolean"),
+    ("unknown field", {"query": "drill", "top_k": 5}, "Extra inputs"),
+]
+
+
+@pytest.mark.parametrize("case, body, fragment", SEARCH_BAD, ids=[b[0] for b in SEARCH_BAD])
+def test_search_bad_input_is_a_clear_4xx(server, case, body, fragment):
+    response = server.search(body)
+    assert response.status_code == 400 and fragment in response.json()["detail"][0]["msg"] + response.text
+
+
+def test_search_degrades_without_redis_then_recovers(ws, server, redis_srv):
+    """Redis down: ranked on request-time features alone (every store feature null), degraded; back
+    by itself once Redis returns."""
+    query = lake_query(ws, "train")
+    healthy = server.search({"query": query, "k": 10, "explain": True}).json()
+    assert healthy["degraded"] is False
+    redis.Redis(port=redis_srv.port).save()
+    redis_srv.stop()
+    try:
+        down = server.search({"query": query, "k": 10, "explain": True})
+        assert down.status_code == 200
+        body = down.json()
+        assert body["degraded"] is True and len(body["items"]) == 10
+        stored = [v for item in body["items"] for n, v in item["features"].items() if not n.startswith("request_")]
+        assert stored and all(v is None for v in stored)
+    finally:
+        redis_srv.start()
+    deadline = time.monotonic() + 10
+    while (back := server.search({"query": query, "k": 10, "explain": True}).json())["degraded"]:
+        assert time.monotonic() < deadline, "/search still degraded 10 s after Redis came back"
+        time.sleep(0.1)
+    assert back["items"] == healthy["items"]
+
+
+def test_eval_scores_the_search_stack_and_its_ablations(ws, tmp_path):
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, [*cli_args(ws), "eval", "--split", "dev", "--out", str(out), "--model", "bm25",
+                                      "--model", "search:ranker", "--model", "search:ranker@relevance",
+                                      "--model", "search:ranker@lambdamart"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    for name in ("search:ranker", "search:ranker@relevance", "search:ranker@lambdamart"):
+        mean = report["models"][name]["mean"]
+        assert 0 < mean["ndcg@10"] <= mean["ndcg@10_condensed"] <= 1, (name, mean)
+    bad = CliRunner().invoke(app, [*cli_args(ws), "eval", "--split", "dev", "--model", "search:nope"])
+    assert bad.exit_code == 2 and "no ranker 'nope'" in bad.output
 
 
 def test_settings_file_then_environment_then_flags(tmp_path, monkeypatch):
