@@ -493,6 +493,34 @@ def rank_train_cmd(
     console.print(f"LambdaMART: {meta['lambdamart']}; {meta['seconds']['total']:.0f} s")
 
 
+@rank_app.command("tradeoff")
+def rank_tradeoff_cmd(
+    ctx: typer.Context,
+    ranker: str = typer.Option("ranker", help="Trained ranker (workspace/models/rankers/NAME)"),
+    baseline: str = typer.Option("rrf:unified", help="Model of the A/B's control arm"),
+    split: str = option(ABConfig, "split"),
+    impressions: int = option(ABConfig, "impressions"),
+    seed: int = option(ABConfig, "seed"),
+    out: Path | None = typer.Option(None, help="Output dir [WORKSPACE/reports/tradeoff-RANKER-SPLIT]"),
+) -> None:
+    """NDCG@10 against simulated CTR and orders/search for each engagement weight of the value model."""
+    from pipelines.evaluation.tradeoff import value_tradeoff
+
+    ws: Workspace = ctx.obj.as_workspace()
+    out = out or ws.root / "reports" / f"tradeoff-{ranker}-{split}"
+    with friendly_errors(), known_models():
+        report = value_tradeoff(ws, ranker, baseline, ABConfig(a=baseline, b=f"search:{ranker}", split=split,
+                                                               impressions=impressions, seed=seed), out)
+    table = Table("click w", "order w", "NDCG@10", "condensed", "irrelevant@10", "CTR", "orders/search",
+                  title=f"value trade-off on {split} (baseline {baseline})")
+    for p in report["points"]:
+        table.add_row(f"{p['click_weight']:g}", f"{p['order_weight']:g}", f"{p['ndcg@10']:.4f}",
+                      f"{p['ndcg@10_condensed']:.4f}", f"{p['irrelevant@10']:.4f}", f"{p['ctr']:.4f}",
+                      f"{p['orders_per_search']:.5f}")
+    console.print(table)
+    console.print(f"report -> {out}/tradeoff.md, tradeoff.json, tradeoff.png")
+
+
 @app.command("ab")
 def ab_cmd(
     ctx: typer.Context,

@@ -22,7 +22,7 @@ LABELS = {"ndcg@10": "NDCG@10", "ndcg@10_condensed": "condensed NDCG@10", "ndcg@
 BUCKET_METRICS = ("ndcg@10", "ndcg@10_condensed")
 
 
-def _pyplot():
+def pyplot():
     """pyplot on the Agg backend: plots go to files only, never to a display (none on a server)."""
     import matplotlib
 
@@ -81,7 +81,7 @@ def eval_markdown(report: dict) -> str:
 
 def plot_metrics(report: dict, path: Path) -> Path:
     """One panel per metric, one bar per model."""
-    plt = _pyplot()
+    plt = pyplot()
     models = list(report["models"])
     fig, axes = plt.subplots(1, len(METRICS), figsize=(3.0 * len(METRICS), 3.6))
     for ax, metric in zip(axes, METRICS):
@@ -105,7 +105,7 @@ def plot_buckets(report: dict, path: Path) -> Path:
     buckets = list(first)
     width = 0.8 / max(len(models), 1)
     panel = max(4.0, 1.6 * len(buckets) + 1.5)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(BUCKET_METRICS), figsize=(panel * len(BUCKET_METRICS), 3.6), sharey=True)
     for ax, metric in zip(axes, BUCKET_METRICS):
         for i, model in enumerate(models):

@@ -1,0 +1,119 @@
+"""The value model's trade-off: relevance (human judgments) against simulated engagement, per weight.
+
+For each engagement weight w of pipelines.ranking.train.ENGAGEMENT_GRID (value = E[grade] +
+w P(click) + 2w P(order)), over one split's judged queries:
+- NDCG@10 (both forms) and irrelevant@10 against the human judgments, as `unisup eval` scores;
+- CTR and orders per search in the click simulator, as `unisup ab` measures them, paired against
+  a baseline model on the same traffic (95% bootstrap intervals of the difference).
+The stack scores each query's candidates once; only the value model's sort changes per weight.
+Output: tradeoff.json, tradeoff.md, tradeoff.png (NDCG@10 against orders per search).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.evaluation.ab import ABConfig, ab_test
+from pipelines.evaluation.judgments import from_lake
+from pipelines.evaluation.models import SEARCH, Models
+from pipelines.evaluation.report import markdown_table, pyplot, write_json
+from pipelines.metrics import evaluate
+from pipelines.ranking.train import ENGAGEMENT_GRID
+from pipelines.ranking.value import ValueWeights, value
+from pipelines.simulation import EMPTY, Ranker
+from pipelines.text import normalize_query, query_id
+from pipelines.workspace import Workspace
+
+PAGE = 10
+
+
+def fixed_ranker(top: dict[str, list[str]]) -> Ranker:
+    """A simulator Ranker that shows precomputed lists, looked up by the query's id."""
+
+    def rank(texts: Sequence[str]) -> np.ndarray:
+        out = np.full((len(texts), PAGE), EMPTY, dtype=object)
+        for i, text in enumerate(texts):
+            items = top.get(query_id(normalize_query(text)), [])[:PAGE]
+            out[i, :len(items)] = items
+        return out
+
+    return rank
+
+
+def value_tradeoff(ws: Workspace, ranker: str, baseline: str, ab: ABConfig, out: Path,
+                   grid: Sequence[float] = ENGAGEMENT_GRID) -> dict:
+    jset = from_lake(ws.lake, ab.split)
+    models = Models(ws)
+    texts, qids = jset.queries["query_norm"].tolist(), jset.queries["query_id"].tolist()
+    rows = models.stack(SEARCH + ranker).rank(texts, qids).rows
+    base_run = models.runs(texts, qids, [baseline], PAGE)[0][baseline]
+    base = fixed_ranker({q: sorted(items, key=items.get, reverse=True) for q, items in base_run.items()})
+    lake_queries = ws.lake.read("queries")[["query_id", "frequency"]]
+    queries = jset.queries[["query_id", "query_text"]].merge(lake_queries, on="query_id", how="left")
+    clicks = ab.click_config(len(queries))
+    points = []
+    for w in grid:
+        weights = ValueWeights(click_weight=w, order_weight=2 * w)
+        scored = rows.assign(v=value(rows["expected_relevance"].to_numpy(), rows["p_click"].to_numpy(),
+                                     rows["p_order"].to_numpy(), weights))
+        scored = scored.sort_values(["query_id", "v", "item_id"], ascending=[True, False, True], kind="stable")
+        top = scored.groupby("query_id", sort=False).head(100)
+        run: dict[str, dict[str, float]] = {}
+        for qid, item, v in zip(top["query_id"], top["item_id"], top["v"]):
+            run.setdefault(qid, {})[item] = float(v)
+        metrics = evaluate(run, jset.judgments)["mean"]
+        lists = {q: list(items)[:PAGE] for q, items in run.items()}
+        test = ab_test(queries, base, fixed_ranker(lists), jset.judgments, clicks, ab.seed, ab.resamples)
+        m = test["metrics"]
+        points.append({**asdict(weights), **{k: metrics[k] for k in ("ndcg@10", "ndcg@10_condensed", "irrelevant@10")},
+                       "ctr": m["ctr"]["b"], "ctr_diff_ci": m["ctr"]["diff_ci"],
+                       "orders_per_search": m["orders_per_search"]["b"],
+                       "orders_diff_ci": m["orders_per_search"]["diff_ci"],
+                       "irrelevant_share": m["irrelevant_share"]["b"],
+                       "baseline": {k: m[k]["a"] for k in ("ctr", "orders_per_search", "irrelevant_share")}})
+    report = {"ranker": ranker, "baseline": baseline, "split": ab.split, "queries": len(queries),
+              "searches": test["searches"], "ab": asdict(ab), "points": points}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(report, out / "tradeoff.json")
+    (out / "tradeoff.md").write_text(tradeoff_markdown(report))
+    plot_tradeoff(report, out / "tradeoff.png")
+    return report
+
+
+def tradeoff_markdown(report: dict) -> str:
+    rows = [[f"{p['click_weight']:g}", f"{p['order_weight']:g}", f"{p['ndcg@10']:.4f}", f"{p['ndcg@10_condensed']:.4f}",
+             f"{p['irrelevant@10']:.4f}", f"{p['ctr']:.4f} [{p['ctr_diff_ci'][0]:+.4f}, {p['ctr_diff_ci'][1]:+.4f}]",
+             f"{p['orders_per_search']:.5f} [{p['orders_diff_ci'][0]:+.5f}, {p['orders_diff_ci'][1]:+.5f}]"]
+            for p in report["points"]]
+    base = report["points"][0]["baseline"]
+    return (f"# Value-model trade-off: search:{report['ranker']} on {report['split']} "
+            f"({report['queries']} queries, {report['searches']:,} simulated searches)\n\n"
+            + markdown_table(["click w", "order w", "NDCG@10", "condensed NDCG@10", "irrelevant@10",
+                              "CTR [diff vs baseline, 95% CI]", "orders/search [diff, 95% CI]"], rows)
+            + f"\n\nBaseline {report['baseline']}: CTR {base['ctr']:.4f}, orders/search "
+              f"{base['orders_per_search']:.5f}.\n")
+
+
+def plot_tradeoff(report: dict, path: Path) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [p["orders_per_search"] for p in report["points"]]
+    ys = [p["ndcg@10"] for p in report["points"]]
+    ax.plot(xs, ys, marker="o")
+    for p, x, y in zip(report["points"], xs, ys):
+        ax.annotate(f"w={p['click_weight']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    base = report["points"][0]["baseline"]["orders_per_search"]
+    ax.axvline(base, color="grey", linestyle="--", label=f"{report['baseline']} orders/search")
+    ax.set_xlabel("simulated orders per search")
+    ax.set_ylabel(f"NDCG@10 ({report['split']}, human judgments)")
+    ax.set_title(f"value = E[grade] + w P(click) + 2w P(order): search:{report['ranker']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
