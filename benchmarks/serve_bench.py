@@ -1,5 +1,5 @@
-"""/retrieve under loopback load: p50 / p99 / req/s at concurrency 1, 8 and 32, where the time goes,
-and the same feature lookup through the plain Feast SDK.
+"""/retrieve (or, with --endpoint search, /search) under loopback load: p50 / p99 / req/s at
+concurrency 1, 8 and 32, where the time goes, and the same feature lookup through the plain Feast SDK.
 
 Builds a throwaway workspace: a synthetic lake (--items catalog, Home Depot's 54k by default), the
 feature repo applied, a flat index of the catalog (embeddings cached across runs under
@@ -7,7 +7,10 @@ $TMPDIR/unisup-bench-cache, keyed by model and catalog), feature tables for ever
 item) pair of the lake's queries plus item and query profiles (random values, 5% null),
 materialized into a private redis-server, and the blend fitted. `unisup serve` then runs in a
 subprocess, and this process (asyncio + aiohttp) keeps c requests in flight for --duration seconds
-per level after --warmup seconds: k=100, with_features=true, the lake's queries in seeded order.
+per level after --warmup seconds: k=100, with_features=true, the lake's queries in seeded order
+(/search: k=10 of n=200 candidates, ranked by a ranker trained on the same workspace in the quick
+profile; its stages: retrieve (three channels), features (request-time), lookup (ranker_online,
+one Redis read), rank (network + value model), respond).
 
 Per level: latency percentiles, req/s, errors; mean stage times from the Server-Timing header
 (queue: waiting for a batch to start; encode and search are of the whole batch the request rode in;
@@ -28,7 +31,8 @@ lookup path on the smallest setup that serves: the lake of tests/test_serving.py
 queries, the off-the-shelf minilm-l6-v2 encoding its catalog in seconds, no shared embedding cache),
 one server process, 1 s per level.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/serve_bench.py [--duration 30] [--items 54000] [--quick] [--out PATH]
+    PYTHONPATH=. .venv/bin/python benchmarks/serve_bench.py [--endpoint retrieve|search] [--duration 30]
+        [--items 54000] [--quick] [--out PATH]
 """
 
 from __future__ import annotations
@@ -69,15 +73,21 @@ from serving.process import ServiceProcess
 warnings.filterwarnings("ignore")  # Feast's experimental-ODFV and ibis deprecation notices
 LEVELS = (1, 8, 32)
 K = 100
-STAGES = ("queue", "encode", "search", "features", "blend")
 CACHE = Path(tempfile.gettempdir()) / "unisup-bench-cache"
-TARGETS = {"p50_ms_c1": 15.0, "p99_ms_c1": 40.0, "rps_c8": 100.0}
+ENDPOINTS = {  # what each endpoint's requests ask, the stages its Server-Timing names, its targets
+    "retrieve": {"body": {"k": K, "with_features": True}, "stages": ("queue", "encode", "search", "features", "blend"),
+                 "targets": {"p50_ms_c1": 15.0, "p99_ms_c1": 40.0, "rps_c8": 100.0}},
+    "search": {"body": {"k": 10, "n": 200}, "stages": ("retrieve", "features", "lookup", "rank", "respond"),
+               "targets": {"p50_ms_c1": 40.0, "p99_ms_c1": 100.0, "rps_c8": 50.0}},
+}
 SERVE = Settings.model_fields  # the service's settings: the server's defaults and their help
 
 
-def build(root: Path, online: str, items: int, queries: int, kind: str, seed: int, shared_cache: bool = True):
-    """Workspace with lake, index, feature tables for every query's top-100, Redis and the blend.
-    shared_cache: keep catalog embeddings in CACHE across runs (else in the workspace)."""
+def build(root: Path, online: str, items: int, queries: int, kind: str, seed: int, shared_cache: bool = True,
+          ranker: bool = False):
+    """Workspace with lake, index, feature tables for every query's top-100, Redis and the blend;
+    with `ranker`, a ranker trained on it (quick profile, rrf candidates: /search's latency does not
+    depend on how well it ranks). shared_cache: keep catalog embeddings in CACHE across runs."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -118,6 +128,12 @@ def build(root: Path, online: str, items: int, queries: int, kind: str, seed: in
         pq.write_table(table.select(schema.names).cast(schema), table_path(ws, view))
     materialize_redis(ws, end=now.to_pydatetime(), incremental=False, dedup=False)
     fit_blend(ws, loaded.path)
+    if ranker:
+        from pipelines.ranking.config import RankerDataConfig, RankerTrainConfig
+        from pipelines.ranking.train import train_ranker
+
+        train_ranker(ws, "ranker", RankerDataConfig(candidates="rrf", quick=True, seed=seed),
+                     RankerTrainConfig(epochs=1, seed=seed))
     pairs = {q: list(g) for q, g in keys[("query_id", "item_id")].groupby("query_id", sort=False)["item_id"]}
     return ws, manifest, lake_queries["query_text"].tolist(), pairs
 
@@ -141,8 +157,8 @@ class ServerProcess(ServiceProcess):
 
 
 async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, warmup: float) -> list[tuple]:
-    """Keep `concurrency` requests in flight for warmup + seconds; (latency s, status, Server-Timing,
-    encode batch) of each request sent after the warm-up."""
+    """Keep `concurrency` requests to the endpoint `url` in flight for warmup + seconds; (latency s,
+    status, Server-Timing, encode batch) of each request sent after the warm-up."""
     import aiohttp
 
     records: list[tuple] = []
@@ -156,7 +172,7 @@ async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, 
                 body, i = bodies[i % len(bodies)], i + concurrency
                 t0 = time.perf_counter()
                 try:
-                    async with session.post(f"{url}/retrieve", data=body) as resp:
+                    async with session.post(url, data=body) as resp:
                         await resp.read()
                         status, timing = resp.status, resp.headers.get("Server-Timing", "")
                         batch = int(resp.headers.get("X-Encode-Batch", 0))
@@ -180,18 +196,20 @@ def stage_ms(timings: list[str]) -> dict[str, float]:
     return {name: total / max(len(timings), 1) for name, total in sums.items()}
 
 
-def run_level(server: ServerProcess, bodies: list[bytes], concurrency: int, seconds: float, warmup: float) -> dict:
+def run_level(server: ServerProcess, endpoint: str, bodies: list[bytes], concurrency: int, seconds: float,
+              warmup: float) -> dict:
+    stage_names = ENDPOINTS[endpoint]["stages"]
     (cpu0, _), client0, load0 = server.usage(), _cpu(), os.getloadavg()[0]
-    records = asyncio.run(load(server.url, bodies, concurrency, seconds, warmup))
+    records = asyncio.run(load(f"{server.url}/{endpoint}", bodies, concurrency, seconds, warmup))
     (cpu1, _), client1 = server.usage(), _cpu()
     ok = [r for r in records if r[1] == 200]
     stages = stage_ms([r[2] for r in ok])
     lat = latency_summary([r[0] for r in ok]) if ok else {}
-    other = lat.get("mean_ms", 0.0) - sum(stages.get(s, 0.0) for s in STAGES)
+    other = lat.get("mean_ms", 0.0) - sum(stages.get(s, 0.0) for s in stage_names)
     return {"concurrency": concurrency, **lat, "requests": len(records), "errors": len(records) - len(ok),
             "error_kinds": sorted({str(r[1]) for r in records if r[1] != 200}),
             "req_per_s": round(len(ok) / seconds, 1),
-            "stages_ms": {s: round(stages.get(s, 0.0), 3) for s in STAGES} | {"other": round(other, 3)},
+            "stages_ms": {s: round(stages.get(s, 0.0), 3) for s in stage_names} | {"other": round(other, 3)},
             "mean_encode_batch": round(float(np.mean([r[3] for r in ok])), 2) if ok else None,
             "server_cpu_percent": round(100 * (cpu1 - cpu0) / (seconds + warmup), 1),
             "client_cpu_percent": round(100 * (client1 - client0) / (seconds + warmup), 1),
@@ -233,11 +251,11 @@ def lookup_paths(ws, pairs: dict[str, list[str]], iterations: int) -> list[dict]
     return out
 
 
-def soak(server: ServerProcess, bodies: list[bytes], minutes: float) -> dict:
+def soak(server: ServerProcess, endpoint: str, bodies: list[bytes], minutes: float) -> dict:
     """`minutes` at concurrency 8 in one-minute rounds, the server's RSS sampled after each."""
     rss, errors, requests = [], 0, 0
     for _ in range(max(1, round(minutes))):
-        records = asyncio.run(load(server.url, bodies, 8, 60 * minutes / max(1, round(minutes)), 0))
+        records = asyncio.run(load(f"{server.url}/{endpoint}", bodies, 8, 60 * minutes / max(1, round(minutes)), 0))
         requests += len(records)
         errors += sum(r[1] != 200 for r in records)
         rss.append(round(server.usage()[1], 1))
@@ -260,6 +278,8 @@ def main() -> None:
                     help=f"{SERVE['lanes'].description} (UNISUP_LANES)")
     ap.add_argument("--lookups", type=int, default=500, help="timed calls per lookup path")
     ap.add_argument("--soak-minutes", type=float, default=0, help="opt-in soak at concurrency 8 (e.g. 10)")
+    ap.add_argument("--endpoint", choices=sorted(ENDPOINTS), default="retrieve",
+                    help="retrieve: k=100 with features; search: k=10 of n=200 through a ranker trained on the lake")
     ap.add_argument("--seed", type=int, default=0)
     add_run_args(ap, "serve", quick="400 items, 80 queries, 1 server process, 1 s per level, 20 lookups")
     a = ap.parse_args()
@@ -270,7 +290,7 @@ def main() -> None:
     a.workers = a.workers or (1 if a.quick else SERVE["workers"].default)
     # what the server will use, as it resolves it (the flag, else THREADS / WORKERS)
     a.torch_threads = Settings.load(workers=a.workers, torch_threads=a.torch_threads).encoder_threads
-    out = output_path(a.out, "serve", a.quick)
+    out = output_path(a.out, "serve" if a.endpoint == "retrieve" else "serve_search", a.quick)
     tmp = Path(tempfile.mkdtemp(prefix="serve_bench_"))
     started = {"load_avg": [round(x, 2) for x in os.getloadavg()], "time": pd.Timestamp.now(tz="UTC").isoformat()}
     server = None
@@ -279,10 +299,10 @@ def main() -> None:
             redis.client(0).flushdb()
             t0 = time.perf_counter()
             ws, manifest, texts, pairs = build(tmp / "ws", redis.url(0), a.items, a.queries, a.index_kind,
-                                               a.seed, shared_cache=not a.quick)
+                                               a.seed, shared_cache=not a.quick, ranker=a.endpoint == "search")
             print(f"built workspace, index and features for {len(pairs):,} queries in {time.perf_counter() - t0:.0f}s")
             rng = random.Random(a.seed)
-            bodies = [json.dumps({"query": t, "k": K, "with_features": True}).encode() for t in texts]
+            bodies = [json.dumps({"query": t, **ENDPOINTS[a.endpoint]["body"]}).encode() for t in texts]
             rng.shuffle(bodies)
             server = ServerProcess(ws, free_port(), tmp / "server.log",
                                    env={"UNISUP_TORCH_THREADS": str(a.torch_threads),
@@ -291,8 +311,8 @@ def main() -> None:
             levels = []
             for c in LEVELS:
                 print(f"concurrency {c}: {a.warmup:g}s warm-up + {a.duration:g}s ...", flush=True)
-                levels.append(run_level(server, bodies, c, a.duration, a.warmup))
-            soaked = soak(server, bodies, a.soak_minutes) if a.soak_minutes > 0 else None
+                levels.append(run_level(server, a.endpoint, bodies, c, a.duration, a.warmup))
+            soaked = soak(server, a.endpoint, bodies, a.soak_minutes) if a.soak_minutes > 0 else None
             server.stop()
             server = None
             lookups = lookup_paths(ws, pairs, a.lookups)
@@ -317,13 +337,15 @@ def report(a, out: Path, manifest, levels: list[dict], lookups: list[dict], soak
            started: dict) -> None:
     by_c = {lv["concurrency"]: lv for lv in levels}
     met = {"p50_ms_c1": by_c[1].get("p50_ms"), "p99_ms_c1": by_c[1].get("p99_ms"), "rps_c8": by_c[8]["req_per_s"]}
+    TARGETS, STAGES = ENDPOINTS[a.endpoint]["targets"], ENDPOINTS[a.endpoint]["stages"]
     checks = {"p50_ms_c1": met["p50_ms_c1"] is not None and met["p50_ms_c1"] <= TARGETS["p50_ms_c1"],
               "p99_ms_c1": met["p99_ms_c1"] is not None and met["p99_ms_c1"] <= TARGETS["p99_ms_c1"],
               "rps_c8": met["rps_c8"] >= TARGETS["rps_c8"]}
     ours, feast = lookups[0], lookups[2]
     speedup = round(feast["p50_ms"] / ours["p50_ms"], 1) if "p50_ms" in feast and "p50_ms" in ours else None
     failed = failures(levels, lookups, soaked)
-    result = {"k": K, "items": a.items, "queries": a.queries, "duration_s": a.duration, "warmup_s": a.warmup,
+    result = {"endpoint": a.endpoint, "request": ENDPOINTS[a.endpoint]["body"], "items": a.items,
+              "queries": a.queries, "duration_s": a.duration, "warmup_s": a.warmup,
               "quick": a.quick,
               "index": {"kind": manifest.kind, "params": manifest.params, "recall_at_100": manifest.recall_at_100},
               "torch_threads": a.torch_threads, "workers": a.workers, "lanes": a.lanes, "levels": levels,
@@ -340,10 +362,11 @@ def report(a, out: Path, manifest, levels: list[dict], lookups: list[dict], soak
                      *(f"{st[s]:.2f} ({100 * st[s] / mean:.0f}%)" for s in (*STAGES, "other")),
                      lv["mean_encode_batch"], f"{lv['server_cpu_percent']:.0f} / {lv['client_cpu_percent']:.0f}",
                      f"{lv['load_avg_1m'][0]:.1f} -> {lv['load_avg_1m'][1]:.1f}"))
-    print_table(f"/retrieve k={K}, features from Redis, {a.items:,} items, {manifest.kind} index (recall@100 "
+    asked = ", ".join(f"{k}={v}" for k, v in ENDPOINTS[a.endpoint]["body"].items())
+    print_table(f"/{a.endpoint} {asked}, features from Redis, {a.items:,} items, {manifest.kind} index (recall@100 "
                 f"{manifest.recall_at_100}), {a.duration:g}s per level",
-                ["concurrency", "p50 ms", "p99 ms", "req/s", "errors", "queue ms", "encode ms", "search ms",
-                 "features ms", "blend ms", "other ms", "encode batch", "CPU % server / client", "load 1m"], rows)
+                ["concurrency", "p50 ms", "p99 ms", "req/s", "errors", *(f"{s} ms" for s in STAGES), "other ms",
+                 "encode batch", "CPU % server / client", "load 1m"], rows)
     print_table(f"one lookup of 100 pairs x retriever_online from Redis (Feast / ours p50: "
                 f"{result['lookup_p50_speedup_vs_feast']}x)", ["path", "p50 ms", "p99 ms", "mean ms"],
                 [(r["path"], *(r[k] for k in ("p50_ms", "p99_ms", "mean_ms"))) if "p50_ms" in r

@@ -438,6 +438,7 @@ def eval_cmd(
     out: Path | None = typer.Option(None, help="Output dir [WORKSPACE/reports/eval-<file stem or split>]"),
     encoding: str = option(EvalConfig, "encoding"),
     save_runs: bool = option(EvalConfig, "save_runs"),
+    precompute: bool = option(EvalConfig, "precompute"),
 ) -> None:
     """Top-100 from the whole catalog per judged query, scored per model and frequency bucket."""
     from pipelines.evaluation.offline import default_out, evaluate_models
@@ -449,7 +450,8 @@ def eval_cmd(
         if (judgments is None) == (split is None):
             raise ConfigError("give exactly one of --judgments FILE and --split NAME")
         config = EvalConfig(**({"models": tuple(dict.fromkeys(model))} if model else {}), judgments=judgments,
-                            split=split or "dev", encoding=encoding, save_runs=save_runs)
+                            split=split or "dev", encoding=encoding, save_runs=save_runs,
+                            precompute=precompute)
         out = out or default_out(ws, config)
         report = evaluate_models(ws, config, out)
     table = Table("model", *(LABELS[m] for m in METRICS), "queries",
@@ -490,6 +492,9 @@ def rank_train_cmd(
         table.add_row(f"{g['click_weight']:g}", f"{g['order_weight']:g}", f"{g['calib_ndcg@10']:.4f}",
                       f"{g['expected_clicks@10']:.4f}", f"{g['expected_orders@10']:.5f}")
     console.print(table)
+    for event, r in meta["engagement_heldout"].items():
+        console.print(f"{event} (held-out days): AUC {r['auc']:.4f} (position only {r['auc_position_only']:.4f}), "
+                      f"ECE {r['ece']:.4f} (position only {r['ece_position_only']:.4f})")
     console.print(f"LambdaMART: {meta['lambdamart']}; {meta['seconds']['total']:.0f} s")
 
 

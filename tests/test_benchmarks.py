@@ -37,11 +37,11 @@ def committed_results() -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(RESULTS.glob("*.json"))}
 
 
-def run_quick(script: str, out: Path, redis_server=None) -> dict:
-    """`script --quick --out OUT [--redis URL]`; its JSON, after checking it exited 0 and left the
-    committed results alone."""
+def run_quick(script: str, out: Path, redis_server=None, *args: str) -> dict:
+    """`script --quick --out OUT [--redis URL] [ARGS]`; its JSON, after checking it exited 0 and left
+    the committed results alone."""
     before = committed_results()
-    cmd = [sys.executable, str(BENCHMARKS / script), "--quick", "--out", str(out)]
+    cmd = [sys.executable, str(BENCHMARKS / script), "--quick", "--out", str(out), *args]
     if redis_server is not None:
         redis_server.flush()
         cmd += ["--redis", redis_server.url]
@@ -96,6 +96,14 @@ def test_serve_bench_quick(tmp_path, redis_server):
     assert_rows(data["lookup_100_pairs"], "path", ["OnlineFeatures.get_online_columns (served)",
                                                    "OnlineFeatures.get_online_features -> DataFrame",
                                                    "Feast get_online_features(...).to_df()"])
+
+
+@pytest.mark.slow  # ~2 min: serve_bench's workspace plus a quick ranker
+def test_serve_bench_search_quick(tmp_path, redis_server):
+    data = run_quick("serve_bench.py", tmp_path / "search.json", redis_server, "--endpoint", "search")
+    assert data["endpoint"] == "search" and data["request"] == {"k": 10, "n": 200}
+    assert all(lv["requests"] > 0 and lv["errors"] == 0 for lv in data["levels"])
+    assert all(lv["stages_ms"]["rank"] > 0 and lv["stages_ms"]["lookup"] > 0 for lv in data["levels"])
 
 
 def test_a_failed_child_shows_its_exception_and_the_run_exits_1(tmp_path, capsys):

@@ -6,12 +6,22 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.ranking.losses import binomial_event_loss, cumulative_targets, ordinal_loss
-from pipelines.ranking.model import GRADES, OrdinalHead, Ranker, RankerConfig, relevance_probabilities
+from pipelines.ranking.model import (
+    GRADES,
+    OrdinalHead,
+    Ranker,
+    RankerConfig,
+    engagement_probabilities,
+    relevance_probabilities,
+)
+from pipelines.ranking.train import choose_weights, relevance_targets, weighted_ece
 from pipelines.ranking.value import ValueWeights, value
 
 
@@ -69,3 +79,38 @@ def test_click_loss_learns_attractiveness_not_position():
 def test_value_is_the_documented_sum():
     out = value(np.array([2.0, 1.0]), np.array([0.5, 0.1]), np.array([0.1, 0.0]), ValueWeights(2.0, 10.0))
     assert out.tolist() == [2.0 + 1.0 + 1.0, 1.0 + 0.2]
+
+
+def test_order_probability_never_exceeds_click_probability():
+    """P(order | examined) = P(click | examined) x P(order | click), for any inputs and weights."""
+    torch.manual_seed(0)
+    model = Ranker(6, RankerConfig(hidden=(8,)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(20)  # extreme weights: saturated heads
+        p_click, p_order = engagement_probabilities(model(torch.randn(256, 6) * 10))
+    assert ((p_order <= p_click) & (p_order >= 0) & (p_click <= 1)).all()
+
+
+def test_relevance_targets_human_first_then_teacher_then_nothing():
+    rows = pd.DataFrame({"grade": [2.0, np.nan, np.nan],
+                         "grade_p0": [0.1, 0.1, np.nan], "grade_p1": [0.2, 0.2, np.nan],
+                         "grade_p2": [0.3, 0.3, np.nan], "grade_p3": [0.4, 0.4, np.nan]})
+    targets, weights = relevance_targets(rows, teacher_weight=0.5)
+    assert targets[0].tolist() == [1.0, 1.0, 0.0]  # human grade 2: 1[2 >= k]
+    assert np.allclose(targets[1], [0.9, 0.7, 0.4])  # teacher: P(grade >= k) from its distribution
+    assert weights.tolist() == [1.0, 0.5, 0.0]
+
+
+def test_value_weights_are_the_largest_engagement_within_tolerance():
+    grid = [{"click_weight": w, "order_weight": 2 * w, "calib_ndcg@10": n}
+            for w, n in ((0.0, 0.500), (0.5, 0.497), (1.0, 0.494), (2.0, 0.30))]
+    assert choose_weights(grid, tolerance=0.01) == ValueWeights(0.5, 1.0)  # 0.494 < 0.500 * 0.99
+    assert choose_weights(grid, tolerance=0.0) == ValueWeights(0.0, 0.0)
+
+
+def test_weighted_ece_by_hand():
+    pred = np.array([0.05, 0.05, 0.55])  # bins 0, 0, 5
+    events, trials = np.array([1.0, 0.0, 3.0]), np.array([10.0, 10.0, 5.0])
+    # bin 0: 20 impressions, mean predicted 0.05, observed 1/20; bin 5: 5 impressions, 0.55 vs 0.6
+    assert weighted_ece(pred, events, trials) == pytest.approx(20 / 25 * 0.0 + 5 / 25 * 0.05)

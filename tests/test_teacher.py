@@ -12,7 +12,16 @@ import pytest
 from pipelines.ingest.synthetic import generate_synthetic
 from pipelines.lake import Lake
 from pipelines.signals.spec import SignalContext
-from pipelines.teacher.calibrate import GradeCalibrator, ece, teacher_role
+from pipelines.teacher.calibrate import (
+    CalibrationConfig,
+    GradeCalibrator,
+    agreement,
+    binned_ece,
+    ece,
+    fit_calibrator,
+    propensity_weights,
+    teacher_role,
+)
 from pipelines.teacher.cascade import capped, escalate, tau_for_share
 from pipelines.teacher.grades import (
     confidence,
@@ -82,6 +91,87 @@ def test_calibration_is_monotone_and_improves_held_out_ece():
         assert (np.diff(xs) > 0).all() and (np.diff(ys) >= 0).all()
     order = np.argsort(cumulative(test_p)[:, 0])
     assert (np.diff(cumulative(out)[order, 0]) >= -1e-12).all()
+
+
+def _binary_probs(s: np.ndarray) -> np.ndarray:
+    """Raw grade probabilities whose P(grade >= 2) is s: grade 2 with s, grade 0 otherwise."""
+    return np.column_stack([1 - s, np.zeros_like(s), s, np.zeros_like(s)])
+
+
+def _population(n: int, seed: int):
+    """A candidate population with a raw score s, a feature z the score misses, relevance that
+    depends on both, and judged pairs selected by both (more of them where z = 1: selection
+    biased towards relevance, but only through features, i.e. missing at random given (s, z))."""
+    rng = np.random.default_rng(seed)
+    s, z = rng.random(n), rng.integers(0, 2, n).astype(float)
+    relevant = rng.random(n) < s * (0.4 + 0.6 * z)
+    judged = rng.random(n) < 1 / (1 + np.exp(-(-4.0 + 3.0 * z + 1.5 * s)))
+    return s, z, relevant, judged
+
+
+def _unjudged_sample(judged: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, float]:
+    """Row numbers of a uniform sample of the unjudged pairs and the pairs each stands for."""
+    pool = np.flatnonzero(~judged)
+    return np.random.default_rng(seed).choice(pool, size, replace=False), len(pool) / size
+
+
+def test_importance_weights_recover_the_population_rate_from_a_biased_judged_sample():
+    s, z, relevant, judged = _population(200_000, 0)
+    sample, mass = _unjudged_sample(judged, 20_000, 1)
+    grades = np.where(relevant[judged], 2, 0)
+    features = np.column_stack([s, z])
+    weights = propensity_weights(features[judged], features[sample], mass, max_weight=1_000)
+    assert weights.mean() == pytest.approx(1.0) and (weights > 0).all()
+    plain = GradeCalibrator.fit(_binary_probs(s[judged]), grades)
+    weighted = GradeCalibrator.fit(_binary_probs(s[judged]), grades, weights)
+    everyone = _binary_probs(s)
+    truth = relevant.mean()
+    err_plain = abs(p_relevant(plain.transform(everyone)).mean() - truth)
+    err_weighted = abs(p_relevant(weighted.transform(everyone)).mean() - truth)
+    assert err_plain > 0.05  # the judged sample over-represents z = 1, where pairs are more relevant
+    assert err_weighted < 0.02 and err_weighted < err_plain / 4
+    assert (binned_ece(p_relevant(weighted.transform(everyone)), relevant)
+            < binned_ece(p_relevant(plain.transform(everyone)), relevant) / 2)
+
+
+def test_candidate_sample_recovers_a_population_missing_not_at_random():
+    """Judged pairs relevant with m(s), unjudged ones with rho x m(s): no feature explains the
+    difference, so importance weighting cannot see it; the candidate sample with the right rho
+    recovers the population's rate at every score."""
+    rng = np.random.default_rng(2)
+    n, rho = 200_000, 0.4
+    s = rng.random(n)
+    judged = rng.random(n) < 0.05 + 0.3 * s
+    relevant = rng.random(n) < np.where(judged, 1.0, rho) * (0.3 + 0.6 * s)
+    sample, mass = _unjudged_sample(judged, 20_000, 3)
+    grades = np.where(relevant[judged], 2, 0)
+    config = CalibrationConfig(sample="candidates", unjudged_relevance=rho)
+    cal = fit_calibrator(config, _binary_probs(s[judged]), grades, _binary_probs(s[sample]), mass)
+    plain = fit_calibrator(CalibrationConfig(sample="judged"), _binary_probs(s[judged]), grades,
+                           _binary_probs(s[sample]), mass)
+    predicted, predicted_plain = (p_relevant(c.transform(_binary_probs(s))) for c in (cal, plain))
+    assert abs(predicted.mean() - relevant.mean()) < 0.01 < abs(predicted_plain.mean() - relevant.mean())
+    for lo in np.arange(0, 1, 0.2):  # per score band, not only on average
+        band = (s >= lo) & (s < lo + 0.2)
+        assert abs(predicted[band].mean() - relevant[band].mean()) < 0.02
+    assert binned_ece(predicted, relevant) < 0.02
+
+
+def test_agreement_matches_a_hand_computed_example():
+    human = np.array([0, 1, 2, 3, 2, 3])
+    teacher = np.array([0, 2, 2, 2, 3, 3])  # most probable grades
+    probs = np.full((6, 4), 0.1)
+    probs[np.arange(6), teacher] = 0.7
+    a = agreement(human, probs)
+    assert a["confusion"] == [[1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+    assert a["exact"] == pytest.approx(3 / 6) and a["within_one"] == pytest.approx(1.0)
+    # quadratic weights (i - j)^2 / 9; observed disagreement 3 / 9; expected from the marginals
+    # human (1, 1, 2, 2) and teacher (1, 0, 3, 2) over 6 pairs: 78 / 9 / 6 = 13 / 9
+    assert a["qwk"] == pytest.approx(1 - (3 / 9) / (13 / 9))  # 10 / 13
+    assert a["human"] == pytest.approx([1 / 6, 1 / 6, 2 / 6, 2 / 6])
+    assert a["predicted"] == pytest.approx([1 / 6, 0, 3 / 6, 2 / 6])
+    assert a["mean_probability"] == pytest.approx([0.1 + 0.6 / 6, 0.1, 0.1 + 1.8 / 6, 0.1 + 1.2 / 6])
+    assert agreement(human, np.eye(4)[human])["qwk"] == pytest.approx(1.0)
 
 
 def test_escalation_rule_picks_exactly_the_uncertain_pairs():
@@ -155,6 +245,36 @@ def test_tau_depends_on_the_cost_setting_not_on_this_run_s_clock(run):
     assert taus[3.0, None][1] == pytest.approx(3 * taus[1.0, None][1])  # None: the measurement is used
 
 
+def test_calibration_sample_is_re_applied_without_refitting(run):
+    """The sample the calibrators see is a setting re-applied to the saved calibration predictions:
+    the candidate sample is there, flagged, and calibrating on it lowers P(relevant) on the
+    unjudged candidates; the fitted models' fingerprint does not depend on the setting."""
+    from pipelines.teacher.cascade import CascadeConfig, Teacher, TeacherConfig, fingerprint
+
+    ctx, _ = run
+    teacher_dir = ctx.work_dir / "teacher"
+    held = pd.read_parquet(teacher_dir / "calib_predictions.parquet")
+    sampled = held[held["sampled"]]
+    assert len(sampled) > 0 and sampled["relevance"].isna().all() and (sampled["mass"] >= 1).all()
+    raw = sampled[[f"raw1_{g}" for g in range(4)]].to_numpy()
+    mean = {}
+    for sample in ("judged", "weighted", "candidates"):
+        teacher = Teacher.load(teacher_dir)
+        teacher.calibrate(held, CascadeConfig(), CalibrationConfig(sample=sample))
+        assert teacher.meta["calibration"]["sample"] == sample
+        mean[sample] = p_relevant(teacher.calib1.transform(raw)).mean()
+    assert mean["candidates"] < mean["judged"]
+
+    rows = held.assign(query_norm="q", weight=1.0)
+    scorer = type("Titles", (), {"titles_of": staticmethod(lambda ids: [str(i) for i in ids])})()
+    keys = {fingerprint(TeacherConfig.quick(0), rows, rows, scorer)}
+    for sample in ("judged", "weighted"):
+        config = TeacherConfig.quick(0)
+        config.calibration = CalibrationConfig(sample=sample, unjudged_relevance=0.9, candidates=1_000)
+        keys.add(fingerprint(config, rows, rows, scorer))
+    assert len(keys) == 1
+
+
 def test_human_grades_are_copied_for_training_queries_only(run):
     ctx, df = run
     queries = ctx.lake.read("queries").set_index("query_id")
@@ -205,7 +325,7 @@ def test_report_on_dev(run):
     reference (its scores are the seeded draw, known here) and stage 1 (scores from the fitted teacher)."""
     from rich.console import Console
 
-    from pipelines.evaluation.teacher_report import dev_pairs, teacher_report
+    from pipelines.evaluation.teacher_report import COMPARED, dev_pairs, report_markdown, teacher_report
     from pipelines.signals.teacher_labels import fitted_teacher
     from pipelines.teacher.cascade import TIE_BREAK, TeacherConfig
 
@@ -218,6 +338,20 @@ def test_report_on_dev(run):
     for m in methods.values():
         assert 0.0 < m["ndcg@10"] <= 1.0 and m["cpu_s_per_1k"] > 0
         assert 0.0 <= m["ece_calibrated"] <= 1.0
+        a = m["agreement"]
+        assert a["pairs"] == report["pairs"] and sum(map(sum, a["confusion"])) == report["pairs"]
+        assert 0.0 <= a["exact"] <= a["within_one"] <= 1.0 and -1.0 <= a["qwk"] <= 1.0
+        assert sum(a["human"]) == pytest.approx(1.0) and sum(a["mean_probability"]) == pytest.approx(1.0)
+    compared = report["calibrations_compared"]
+    assert len(compared) == len(COMPARED) and sum(c["configured"] for c in compared) == 1
+    for c in compared:
+        assert 0.0 <= c["unjudged_stage1"]["share_p_relevant>=0.5"] <= 1.0 and c["stage1"]["pairs"] == report["pairs"]
+    configured = next(c for c in compared if c["configured"])
+    assert configured["tau"] == pytest.approx(report["tau"])
+    assert configured["cascade"]["ece"] == pytest.approx(methods["cascade"]["ece_calibrated"])
+    unjudged = report["unjudged_candidates"]
+    assert set(unjudged["versions"]) == {"teacher-v1", "teacher-v2"} and not unjudged["stale"]
+    assert "| cascade |" in report_markdown(report) and "QWK" in report_markdown(report)
 
     # the dev pairs, from the lake directly: dev queries' judgments in (query_id, item_id) order
     queries = ctx.lake.read("queries")

@@ -39,6 +39,9 @@ class EvalConfig:
     save_runs: bool = field(default=False, metadata={
         "help": "Also write every model's top-100 lists as TREC run files (runs/<model>.run, queries.tsv, "
                 "qrels.txt) for trec_eval or ranx"})
+    precompute: bool = field(default=False, metadata={
+        "help": "Also score each search:RANKER in the known-query regime (+known): the producers' inference "
+                "(prior, teacher) run for the file's queries first, never reading its judgments"})
 
     def label(self) -> str:
         """Short name of the judgment set, for the default output directory."""
@@ -76,7 +79,7 @@ def score(runs: dict[str, dict], jset: judgment_sets.JudgmentSet) -> dict[str, d
 def evaluate_models(ws: Workspace, config: EvalConfig, out: Path | None = None) -> dict:
     """Retrieve, score and write the report; returns the report dict (as written to report.json)."""
     out = Path(out) if out is not None else default_out(ws, config)
-    models = Models(ws)
+    models = Models(ws, precompute=config.precompute)
     models.check(config.models)
     jset = load_judgments(ws, config, out)
     runs, seconds = models.runs(jset.queries["query_norm"].tolist(), jset.queries["query_id"].tolist(),

@@ -16,32 +16,22 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pipelines.evaluation.ab import ABConfig, ab_test
 from pipelines.evaluation.judgments import from_lake
 from pipelines.evaluation.models import SEARCH, Models
 from pipelines.evaluation.report import markdown_table, pyplot, write_json
 from pipelines.metrics import evaluate
+from pipelines.ranking.store import CUMULATIVE
 from pipelines.ranking.train import ENGAGEMENT_GRID
 from pipelines.ranking.value import ValueWeights, value
-from pipelines.simulation import EMPTY, Ranker
-from pipelines.text import normalize_query, query_id
+from pipelines.simulation import fixed_ranker
+from pipelines.teacher.calibrate import agreement, binned_ece
+from pipelines.teacher.grades import RELEVANT_GRADE, from_cumulative, to_grade
 from pipelines.workspace import Workspace
 
 PAGE = 10
-
-
-def fixed_ranker(top: dict[str, list[str]]) -> Ranker:
-    """A simulator Ranker that shows precomputed lists, looked up by the query's id."""
-
-    def rank(texts: Sequence[str]) -> np.ndarray:
-        out = np.full((len(texts), PAGE), EMPTY, dtype=object)
-        for i, text in enumerate(texts):
-            items = top.get(query_id(normalize_query(text)), [])[:PAGE]
-            out[i, :len(items)] = items
-        return out
-
-    return rank
 
 
 def value_tradeoff(ws: Workspace, ranker: str, baseline: str, ab: ABConfig, out: Path,
@@ -76,7 +66,8 @@ def value_tradeoff(ws: Workspace, ranker: str, baseline: str, ab: ABConfig, out:
                        "irrelevant_share": m["irrelevant_share"]["b"],
                        "baseline": {k: m[k]["a"] for k in ("ctr", "orders_per_search", "irrelevant_share")}})
     report = {"ranker": ranker, "baseline": baseline, "split": ab.split, "queries": len(queries),
-              "searches": test["searches"], "ab": asdict(ab), "points": points}
+              "searches": test["searches"], "ab": asdict(ab), "points": points,
+              "relevance_head": relevance_head(rows, jset.judgments)}
     out.mkdir(parents=True, exist_ok=True)
     write_json(report, out / "tradeoff.json")
     (out / "tradeoff.md").write_text(tradeoff_markdown(report))
@@ -84,18 +75,31 @@ def value_tradeoff(ws: Workspace, ranker: str, baseline: str, ab: ABConfig, out:
     return report
 
 
+def relevance_head(rows: pd.DataFrame, judgments: pd.DataFrame) -> dict:
+    """The ordinal head on the split's judged candidates (new-query regime): ECE of P(grade >= 2)
+    against human relevance >= 2, and the teacher report's agreement table for the ranker."""
+    judged = rows.merge(judgments.groupby(["query_id", "item_id"], as_index=False)["relevance"].mean(),
+                        on=["query_id", "item_id"])
+    cumulative = judged[CUMULATIVE].to_numpy(np.float64)
+    grades = to_grade(judged["relevance"])
+    return {"ece_p_relevant": binned_ece(cumulative[:, RELEVANT_GRADE - 1], grades >= RELEVANT_GRADE),
+            **agreement(grades, from_cumulative(cumulative))}
+
+
 def tradeoff_markdown(report: dict) -> str:
     rows = [[f"{p['click_weight']:g}", f"{p['order_weight']:g}", f"{p['ndcg@10']:.4f}", f"{p['ndcg@10_condensed']:.4f}",
              f"{p['irrelevant@10']:.4f}", f"{p['ctr']:.4f} [{p['ctr_diff_ci'][0]:+.4f}, {p['ctr_diff_ci'][1]:+.4f}]",
              f"{p['orders_per_search']:.5f} [{p['orders_diff_ci'][0]:+.5f}, {p['orders_diff_ci'][1]:+.5f}]"]
             for p in report["points"]]
-    base = report["points"][0]["baseline"]
+    base, head = report["points"][0]["baseline"], report["relevance_head"]
     return (f"# Value-model trade-off: search:{report['ranker']} on {report['split']} "
             f"({report['queries']} queries, {report['searches']:,} simulated searches)\n\n"
             + markdown_table(["click w", "order w", "NDCG@10", "condensed NDCG@10", "irrelevant@10",
                               "CTR [diff vs baseline, 95% CI]", "orders/search [diff, 95% CI]"], rows)
             + f"\n\nBaseline {report['baseline']}: CTR {base['ctr']:.4f}, orders/search "
-              f"{base['orders_per_search']:.5f}.\n")
+              f"{base['orders_per_search']:.5f}.\n\nRelevance head on {head['pairs']:,} judged candidate pairs "
+              f"(new-query regime): ECE of P(grade >= 2) {head['ece_p_relevant']:.4f}, exact agreement "
+              f"{head['exact']:.3f}, within one {head['within_one']:.3f}, QWK {head['qwk']:.3f}.\n")
 
 
 def plot_tradeoff(report: dict, path: Path) -> Path:

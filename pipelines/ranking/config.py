@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# what search:RANKER@VARIANT sorts by: the value model (default), expected relevance alone, the
+# engagement heads alone (P(click) + 2 P(order)), the LambdaMART baseline trained beside the ranker
+VARIANTS = ("value", "relevance", "engagement", "lambdamart")
+
 
 @dataclass(frozen=True)
 class RankerDataConfig:

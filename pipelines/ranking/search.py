@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.metrics import DEPTH
+from pipelines.ranking.config import VARIANTS
 from pipelines.ranking.features import assemble, pair_features
 from pipelines.ranking.store import OUTPUTS, RankerFiles, predict
 from pipelines.ranking.value import ValueWeights, value
@@ -30,7 +31,6 @@ from pipelines.retrieval.runner import ModelRunner, Run
 from pipelines.workspace import Workspace
 
 SERVICE = "ranker_online"
-VARIANTS = ("value", "relevance", "engagement", "lambdamart")
 LOOKUP_CHUNK = 20_000  # pairs per online read in batch (eval) use
 ENGAGEMENT_ONLY = ValueWeights(click_weight=1.0, order_weight=2.0)
 
@@ -53,8 +53,7 @@ class SearchStack:
         self.model, self.spec, self.booster, self.meta = RankerFiles.of(ws, name).load()
         self.candidate_model = self.meta["data"]["candidates"]
         self.n = int(self.meta["data"]["n"])
-        self.weights = {"value": ValueWeights(**self.meta["value_weights"]), "relevance": ValueWeights(),
-                        "engagement": ENGAGEMENT_ONLY}.get(variant)
+        self.weights = ValueWeights(**self.meta["value_weights"])  # the value model chosen on calib queries
         self.scorer = PairScorer(runner.fused_channels(self.candidate_model), ws.lake.read("items"))
         self._online = online
 
@@ -74,10 +73,25 @@ class SearchStack:
         return self._online
 
     def rank(self, texts: Sequence[str], query_ids: Sequence[str], n: int | None = None,
-             progress: bool = True, degrade: bool = False) -> Ranked:
-        """Score the top-n candidates of each (normalized) query; rows sorted best first per query.
+             progress: bool = True, degrade: bool = False, known: pd.DataFrame | None = None) -> Ranked:
+        """Score the top-n candidates of each (normalized) query and sort them by this stack's
+        variant, best first per query (see `score` for the arguments)."""
+        scored = self.score(texts, query_ids, n, progress, degrade, known, lambdamart=self.variant == "lambdamart")
+        t = time.perf_counter()
+        scored.rows = self.order(scored.rows, self.variant)
+        scored.seconds["rank"] += time.perf_counter() - t
+        return scored
+
+    def score(self, texts: Sequence[str], query_ids: Sequence[str], n: int | None = None,
+              progress: bool = True, degrade: bool = False, known: pd.DataFrame | None = None,
+              lambdamart: bool = True) -> Ranked:
+        """The top-n candidates of each (normalized) query with their features and every output
+        (relevance and engagement heads, the LambdaMART score), unsorted: what every variant sorts.
         degrade: an online-store failure ranks without store features (a request) instead of raising
-        (a batch evaluation, whose figures must not silently change regime)."""
+        (a batch evaluation, whose figures must not silently change regime). known: pair rows
+        (query_id, item_id, store feature columns) standing in for the store's where it has none
+        (pipelines.ranking.precompute: the known-query regime for queries new to the store).
+        lambdamart: also score with the baseline (a request skips it unless the stack serves it)."""
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         rows = self.runner.candidates(texts, query_ids, self.candidate_model, n or self.n, progress=progress)
@@ -89,18 +103,30 @@ class SearchStack:
         t2 = time.perf_counter()
         seconds["features"] = t2 - t1
         stored, degraded = self.lookup(rows, degrade)
+        if known is not None:
+            stored = stored.fillna(rows[["query_id", "item_id"]].merge(known, how="left").reindex(
+                columns=self.spec.store).set_axis(rows.index))
         t3 = time.perf_counter()
         seconds["lookup"] = t3 - t2
         rows = assemble(rows, request, stored)
         rows = pd.concat([rows, predict(self.model, self.spec, rows)], axis=1)
-        if self.variant == "lambdamart":
-            rows["value"] = self.booster.predict(self.spec.raw(rows))
-        else:
-            rows["value"] = value(rows["expected_relevance"].to_numpy(), rows["p_click"].to_numpy(),
-                                  rows["p_order"].to_numpy(), self.weights)
-        rows = rows.sort_values(["query_id", "value", "item_id"], ascending=[True, False, True], kind="stable")
+        rows["lambdamart"] = self.booster.predict(self.spec.raw(rows)) if lambdamart else np.nan
         seconds["rank"] = time.perf_counter() - t3
-        return Ranked(rows.reset_index(drop=True), seconds, degraded)
+        return Ranked(rows, seconds, degraded)
+
+    def order(self, rows: pd.DataFrame, variant: str) -> pd.DataFrame:
+        """rows with `value` by the variant's score, sorted best first per query (ties by item id)."""
+        if variant == "lambdamart":
+            score = rows["lambdamart"].to_numpy()
+        elif variant == "engagement":  # the value model without its relevance term
+            score = value(np.zeros(len(rows)), rows["p_click"].to_numpy(), rows["p_order"].to_numpy(), ENGAGEMENT_ONLY)
+        else:
+            weights = self.weights if variant == "value" else ValueWeights()
+            score = value(rows["expected_relevance"].to_numpy(), rows["p_click"].to_numpy(),
+                          rows["p_order"].to_numpy(), weights)
+        rows = rows.assign(value=score)
+        return rows.sort_values(["query_id", "value", "item_id"], ascending=[True, False, True],
+                                kind="stable").reset_index(drop=True)
 
     def lookup(self, rows: pd.DataFrame, degrade: bool = False) -> tuple[pd.DataFrame, bool]:
         """The store features of every row (one online read per chunk; a request is one chunk), and
@@ -116,18 +142,24 @@ class SearchStack:
         stored = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=self.spec.store)
         return stored.reindex(columns=self.spec.store).set_axis(rows.index), False
 
-    def runs(self, texts: Sequence[str], query_ids: Sequence[str], depth: int = DEPTH) -> tuple[Run, float]:
+    def runs(self, texts: Sequence[str], query_ids: Sequence[str], depth: int = DEPTH,
+             known: pd.DataFrame | None = None) -> tuple[Run, float]:
         """The top-`depth` run by value, and seconds for the whole stack (eval's view of it)."""
         started = time.perf_counter()
-        ranked = self.rank(texts, query_ids).rows.groupby("query_id", sort=False).head(depth)
-        run: Run = {}
-        for qid, item, score in zip(ranked["query_id"], ranked["item_id"], ranked["value"]):
-            run.setdefault(qid, {})[item] = float(score)
-        return run, round(time.perf_counter() - started, 2)
+        return to_run(self.rank(texts, query_ids, known=known).rows, depth), round(time.perf_counter() - started, 2)
 
     def versions(self) -> dict[str, str]:
         return {"ranker": f"{self.name}@{self.variant}", "created": self.meta["created"],
                 "candidates": self.candidate_model, "feature_service": SERVICE}
+
+
+def to_run(rows: pd.DataFrame, depth: int = DEPTH) -> Run:
+    """Sorted rows (`order`) -> each query's top `depth` as a run {query_id: {item_id: value}}."""
+    top = rows.groupby("query_id", sort=False).head(depth)
+    run: Run = {}
+    for qid, item, score in zip(top["query_id"], top["item_id"], top["value"]):
+        run.setdefault(qid, {})[item] = float(score)
+    return run
 
 
 __all__ = ["OUTPUTS", "Ranked", "SearchStack"]

@@ -15,7 +15,9 @@ candidates here were never judged; a teacher that only saw judged pairs has neve
 off-topic candidates it must label and rates them like the judged ones (measured: 96% of unjudged
 candidates came out P(relevant) > 0.5 without negatives, 52% with). Stage 2 is the cross-encoder's
 output pooled with stage 1's (cascade.py). The calibrators (isotonic, per stage) and the cascade
-threshold are fitted on calib queries, with negatives drawn the same way. The fitted teacher is
+threshold are fitted on calib queries: by default on their candidate population, judged pairs plus
+a uniform sample of unjudged candidates (pipelines.teacher.calibrate says why); labels_summary.json
+records the share of unjudged pairs labelled P(relevant) >= 0.5 per version. The fitted teacher is
 saved under work_dir/teacher and reused while its fingerprint (config + training rows) holds.
 
 Output: two snapshots of ONE run, written as if they were two releases so that point-in-time
@@ -54,7 +56,7 @@ from pipelines.signals.entities import PAIR
 from pipelines.signals.retrieval_prior import candidate_table, retrieval_cache
 from pipelines.signals.spec import Signal, SignalContext, signal_source, table_columns
 from pipelines.signals.training import training_judgments, training_queries
-from pipelines.teacher.calibrate import teacher_role
+from pipelines.teacher.calibrate import relevance_summary, teacher_role
 from pipelines.teacher.cascade import Teacher, TeacherConfig, fit_teacher
 
 # (teacher_version, cascade stages, days before as_of): two back-dated snapshots of one run
@@ -134,6 +136,13 @@ def fitted_teacher(ctx: SignalContext, config: TeacherConfig,
     return teacher, pairs, scorer, seconds
 
 
+def grade_columns(probs: np.ndarray) -> dict[str, np.ndarray]:
+    """The view's grade features from (n, 4) calibrated grade probabilities."""
+    return {**{f"grade_p{g}": probs[:, g].astype(np.float32) for g in range(4)},
+            "expected_grade": (probs @ np.arange(4)).astype(np.float32),
+            "confidence": probs.max(axis=1).astype(np.float32)}
+
+
 def teacher_labels(ctx: SignalContext, config: TeacherConfig | None = None) -> pd.DataFrame:
     """Two releases of calibrated grades for every candidate pair of the training queries."""
     console = Console(stderr=True)
@@ -149,16 +158,17 @@ def teacher_labels(ctx: SignalContext, config: TeacherConfig | None = None) -> p
         frames.append(pd.DataFrame({
             "query_id": pairs["query_id"], "item_id": pairs["item_id"],
             "event_timestamp": ts, "created_timestamp": ts,
-            **{f"grade_p{g}": probs[:, g].astype(np.float32) for g in range(4)},
-            "expected_grade": (probs @ np.arange(4)).astype(np.float32),
-            "confidence": probs.max(axis=1).astype(np.float32),
+            **grade_columns(probs),
             "teacher_stage": labels[f"stage{stages}"].astype(np.int64),
             "teacher_version": version,
             "human_grade": pairs["relevance"].astype(np.float32),
         }))
     escalated = labels["stage2"] == 2
+    unjudged = pairs["relevance"].isna().to_numpy()
     summary = {"pairs": len(pairs), "escalated": int(escalated.sum()),
                "escalated_share": float(escalated.mean()),
+               "unjudged": {version: relevance_summary(labels[f"probs{stages}"][unjudged])
+                            for version, stages, _ in VERSIONS},
                "wall_seconds": {k: round(v, 1) for k, v in seconds.items()},
                "label_cpu_seconds": labels["seconds"],
                "fit_seconds": teacher.meta["seconds"], "config": asdict(config)}

@@ -29,7 +29,21 @@ from pipelines.simulation.clicks import (
 )
 
 __all__ = ["EMPTY", "EXAMINATION", "BM25Ranker", "ClickConfig", "ClickLog", "Ranker", "attractiveness",
-           "item_popularity", "query_frequency", "simulate"]
+           "fixed_ranker", "item_popularity", "query_frequency", "simulate"]
+
+
+def fixed_ranker(lists: dict[str, list[str]], depth: int = len(EXAMINATION)) -> Ranker:
+    """A Ranker showing precomputed lists, looked up by the id of the normalized query text."""
+    from pipelines.text import normalize_query, query_id
+
+    def rank(texts: Sequence[str]) -> np.ndarray:
+        out = np.full((len(texts), depth), EMPTY, dtype=object)
+        for i, text in enumerate(texts):
+            items = lists.get(query_id(normalize_query(text)), [])[:depth]
+            out[i, :len(items)] = items
+        return out
+
+    return rank
 
 
 class BM25Ranker:

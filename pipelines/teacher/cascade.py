@@ -12,7 +12,9 @@ whose exact-vs-relevant grade is open (the linear NDCG gain tells 2 from 3 as mu
 Escalated pairs take stage 2's calibrated probabilities; the others keep stage 1's. Both are
 calibrated on the same held-out queries, so mixed lists compare like with like.
 
-tau is chosen on the calibration queries (never dev) to spend the cost budget: the largest
+The calibrators are fitted on the calibration queries' pairs as `TeacherConfig.calibration` says
+(calibrate.py: by default their candidate population, judged and unjudged). tau is chosen on the
+calibration queries (never dev) to spend the cost budget: the largest
 escalation share (at least `min_share`) of those queries' judged pairs whose cost stays within
 `max_cost_share` of running stage 2 everywhere,
 
@@ -50,7 +52,14 @@ from rich.console import Console
 
 from pipelines.metrics import evaluate
 from pipelines.retrieval.pair_features import PairScorer
-from pipelines.teacher.calibrate import GradeCalibrator
+from pipelines.teacher.calibrate import (
+    SELECTION_COLUMNS,
+    CalibrationConfig,
+    GradeCalibrator,
+    fit_calibrator,
+    propensity_weights,
+    selection_features,
+)
 from pipelines.teacher.cross_encoder import CrossEncoder, CrossEncoderConfig, train_cross_encoder
 from pipelines.teacher.grades import blend, confidence, expected_grade, to_grade
 from pipelines.teacher.stage1 import Stage1, Stage1Config
@@ -158,14 +167,18 @@ class TeacherConfig:
     stage1_weight: float = field(default=0.3,
                                  metadata={"help": "stage 1's weight in stage 2's logit blend"})
     negative_weight: float = field(default=0.5, metadata={"help": "training weight of a weak negative"})
-    seed: int = field(default=0, metadata={"help": "negative sampling; the stages take their own seeds"})
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    seed: int = field(default=0, metadata={
+        "help": "negative and calibration-candidate sampling; the stages take their own seeds"})
 
     @classmethod
     def quick(cls, seed: int = 0) -> TeacherConfig:
-        """Test/CI profile: a small booster, a tiny stage 2 (one short epoch), a low escalation cap."""
+        """Test/CI profile: a small booster, a tiny stage 2 (one short epoch), a low escalation cap,
+        a small calibration sample."""
         return cls(stage1=Stage1Config(max_iter=60, min_samples_leaf=10),
                    cross_encoder=CrossEncoderConfig.quick(seed=seed),
-                   cascade=CascadeConfig(min_share=0.2, max_pairs=300), seed=seed)
+                   cascade=CascadeConfig(min_share=0.2, max_pairs=300),
+                   calibration=CalibrationConfig(candidates=1_000), seed=seed)
 
 
 def _cpu() -> float:
@@ -202,21 +215,35 @@ class Teacher:
         raw = blend(ce, raw1, self.meta["config"]["stage1_weight"])
         return raw, self.calib2.transform(raw)
 
-    def calibrate(self, held: pd.DataFrame, cascade: CascadeConfig) -> pd.DataFrame:
-        """Fit the calibrators on the calibration queries' judged pairs (raw1_*, ce_* columns of
-        `held`), then choose tau there; returns the tau curve."""
-        held = held[held["relevance"].notna()].reset_index(drop=True)
-        grades = to_grade(held["relevance"])
+    def raw_probs(self, held: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw stage 1, stage 2 and cross-encoder probabilities from saved raw1_*, ce_* columns."""
         raw1, ce = (held[[f"{p}{g}" for g in range(4)]].to_numpy() for p in ("raw1_", "ce_"))
-        raw2 = blend(ce, raw1, self.meta["config"]["stage1_weight"])
-        self.calib1, self.calib2, self.calib_ce = (GradeCalibrator.fit(r, grades) for r in (raw1, raw2, ce))
+        return raw1, blend(ce, raw1, self.meta["config"]["stage1_weight"]), ce
+
+    def calibrate(self, held: pd.DataFrame, cascade: CascadeConfig,
+                  calibration: CalibrationConfig | None = None) -> pd.DataFrame:
+        """Fit the calibrators on the calibration queries' pairs saved by _fit (`held`: judged
+        pairs, weak negatives and the uniform sample of unjudged candidates, flagged `sampled`) as
+        `calibration` says, then choose tau on the judged pairs; returns the tau curve."""
+        calibration = calibration or CalibrationConfig()
+        judged = held[held["relevance"].notna()].reset_index(drop=True)
+        unjudged = held[held["sampled"]].reset_index(drop=True)
+        grades = to_grade(judged["relevance"])
+        mass = float(unjudged["mass"].iloc[0]) if len(unjudged) else 0.0
+        (raw1, raw2, ce), (u1, u2, uce) = self.raw_probs(judged), self.raw_probs(unjudged)
+        weights = None
+        if calibration.sample == "weighted":
+            weights = propensity_weights(selection_features(judged, raw1), selection_features(unjudged, u1),
+                                         mass, calibration.max_weight)
+        self.calib1, self.calib2, self.calib_ce = (fit_calibrator(calibration, r, grades, u, mass, weights)
+                                                   for r, u in ((raw1, u1), (raw2, u2), (ce, uce)))
         ratio = cascade.cost_ratio
         if ratio is None:
             ratio = self.meta["cost1_cpu_per_pair"] / self.meta["cost_ce_cpu_per_pair"]
-        self.tau, curve = choose_tau(held, self.calib1.transform(raw1), raw1, self.calib2.transform(raw2),
+        self.tau, curve = choose_tau(judged, self.calib1.transform(raw1), raw1, self.calib2.transform(raw2),
                                      raw2, ratio, cascade)
-        self.meta.update(cascade=asdict(cascade), cost_ratio_used=ratio, tau=self.tau,
-                         tau_curve=curve.to_dict("records"))
+        self.meta.update(cascade=asdict(cascade), calibration=asdict(calibration), cost_ratio_used=ratio,
+                         tau=self.tau, tau_curve=curve.to_dict("records"))
         return curve
 
     def label(self, pairs: pd.DataFrame, scorer: PairScorer, max_pairs: int | None = None) -> dict:
@@ -246,9 +273,16 @@ class Teacher:
 
     @classmethod
     def load(cls, path: Path) -> Teacher:
-        """The fitted models; calibrators and tau come from `calibrate`."""
+        """The fitted models, with the calibrators and tau of the run that saved them where it
+        calibrated: a labeller for queries no producer has seen (`unisup eval --precompute`);
+        `fit_teacher` calibrates again on every run."""
         meta = json.loads((path / "teacher.json").read_text())
-        return cls(Stage1.load(path / "stage1.joblib"), CrossEncoder.load(path / "cross_encoder"), meta)
+        teacher = cls(Stage1.load(path / "stage1.joblib"), CrossEncoder.load(path / "cross_encoder"), meta)
+        for name in ("calib1", "calib2", "calib_ce"):
+            if (path / f"{name}.joblib").exists():
+                setattr(teacher, name, GradeCalibrator.load(path / f"{name}.joblib"))
+        teacher.tau = float(meta.get("tau", 0.0))
+        return teacher
 
 
 def training_rows(pairs: pd.DataFrame, negatives: pd.Index, role: str,
@@ -262,19 +296,35 @@ def training_rows(pairs: pd.DataFrame, negatives: pd.Index, role: str,
     return rows
 
 
+def calibration_rows(pairs: pd.DataFrame, negatives: pd.Index, config: TeacherConfig) -> pd.DataFrame:
+    """The calib queries' training rows plus `config.calibration.candidates` of their unjudged
+    candidates drawn uniformly (seeded), flagged `sampled`; `mass` is how many unjudged candidates
+    each sampled row stands for (0 on the other rows). Weak negatives are a deep, biased slice of
+    the unjudged candidates, so they are not the sample; one may be drawn into it too."""
+    pool = pairs[(pairs["role"] == "calib") & pairs["relevance"].isna()]
+    drawn = pool.sample(n=min(config.calibration.candidates, len(pool)), random_state=config.seed).index
+    rows = training_rows(pairs, negatives.union(drawn), "calib", config.negative_weight)
+    rows["sampled"] = rows.index.isin(drawn)
+    rows["mass"] = np.where(rows["sampled"], len(pool) / max(len(drawn), 1), 0.0)
+    return rows
+
+
 RUNTIME_ONLY = ("threads", "log_every")  # how fast or how chatty, not what is fitted: a cached teacher
 # stays valid on a machine with another core count (threads default to all cores)
 
 
 def fingerprint(config: TeacherConfig, fit: pd.DataFrame, calib: pd.DataFrame, scorer: PairScorer) -> str:
-    """Hash of everything the fitted models depend on: config (bar the cascade's, which only picks
-    tau and is re-applied on every run), training and calibration rows, their titles."""
-    settings = {k: v for k, v in asdict(config).items() if k != "cascade"}
+    """Hash of everything the fitted models and their saved calibration predictions depend on:
+    config (bar the cascade's and the calibration's, which are re-applied to those predictions on
+    every run; the calibration sample's size shows in the rows), training and calibration rows,
+    their titles."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("cascade", "calibration")}
     settings["cross_encoder"] = {k: v for k, v in settings["cross_encoder"].items() if k not in RUNTIME_ONLY}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for rows in (fit, calib):
         keys = rows["query_norm"] + "\t" + np.asarray(scorer.titles_of(rows["item_id"]), dtype=object)
-        frame = keys.to_frame().assign(g=rows["grade"].to_numpy(), w=rows["weight"].to_numpy())
+        frame = keys.to_frame().assign(g=rows["grade"].to_numpy(), w=rows["weight"].to_numpy(),
+                                       s=rows.get("sampled", False))
         h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -306,11 +356,12 @@ def _fit(fit: pd.DataFrame, calib: pd.DataFrame, scorer: PairScorer, out_dir: Pa
     cost_ce = (_cpu() - cpu) / len(calib)
     seconds["stage2_calib_predict"] = time.perf_counter() - wall
 
-    held = calib[["query_id", "item_id", "relevance", "grade", "weight"]].assign(
-        **_columns("raw1_", raw1), **_columns("ce_", ce))
+    held = calib[["query_id", "item_id", "relevance", "grade", "weight", *SELECTION_COLUMNS, "sampled",
+                  "mass"]].assign(**_columns("raw1_", raw1), **_columns("ce_", ce))
     held.to_parquet(out_dir / "calib_predictions.parquet")
     meta = {"fingerprint": key, "config": asdict(config), "cost1_cpu_per_pair": cost1,
             "cost_ce_cpu_per_pair": cost_ce, "fit_pairs": len(fit), "calib_pairs": len(calib),
+            "calib_sampled_candidates": int(calib["sampled"].sum()),
             "fit_queries": int(fit["query_id"].nunique()), "calib_queries": int(calib["query_id"].nunique()),
             "eval_batch_size": config.cross_encoder.eval_batch_size, "stage2_train": stats,
             "seconds": {k: round(v, 1) for k, v in seconds.items()}}
@@ -326,7 +377,7 @@ def fit_teacher(pairs: pd.DataFrame, negatives: pd.Index, scorer: PairScorer, ou
     calibrators and tau are derived again from their saved calibration predictions."""
     console = console or Console(stderr=True)
     fit = training_rows(pairs, negatives, "fit", config.negative_weight)
-    calib = training_rows(pairs, negatives, "calib", config.negative_weight)
+    calib = calibration_rows(pairs, negatives, config)
     key = fingerprint(config, fit, calib, scorer)
     saved = out_dir / "teacher.json"
     if saved.exists() and json.loads(saved.read_text()).get("fingerprint") == key:
@@ -337,7 +388,8 @@ def fit_teacher(pairs: pd.DataFrame, negatives: pd.Index, scorer: PairScorer, ou
         out_dir.mkdir(parents=True, exist_ok=True)
         teacher = _fit(fit, calib, scorer, out_dir, config, key)
 
-    curve = teacher.calibrate(pd.read_parquet(out_dir / "calib_predictions.parquet"), config.cascade)
+    curve = teacher.calibrate(pd.read_parquet(out_dir / "calib_predictions.parquet"), config.cascade,
+                              config.calibration)
     teacher.save(out_dir)
     cost1, cost_ce = teacher.meta["cost1_cpu_per_pair"], teacher.meta["cost_ce_cpu_per_pair"]
     console.print(f"teacher: tau = {teacher.tau:.3f} (escalates {curve['share'].iloc[-1]:.0%} of calib "
