@@ -178,7 +178,7 @@ def relevance_targets(rows: pd.DataFrame, teacher_weight: float) -> tuple[np.nda
     teacher = rows[TEACHER].to_numpy(np.float64)
     teacher_cum = np.cumsum(teacher[:, ::-1], axis=1)[:, ::-1][:, 1:]  # P(grade >= k), k = 1..3
     use_teacher = np.isnan(human) & ~np.isnan(teacher).any(axis=1)
-    targets[use_teacher] = teacher_cum[use_teacher]
+    targets[use_teacher] = np.clip(teacher_cum[use_teacher], 0.0, 1.0)  # rows whose probabilities overshoot 1
     weights = np.where(~np.isnan(human), 1.0, np.where(use_teacher, teacher_weight, 0.0)).astype(np.float32)
     return np.nan_to_num(targets, nan=0.0).astype(np.float32), weights
 
@@ -229,7 +229,7 @@ def fit_lambdamart(fit: pd.DataFrame, calib: pd.DataFrame, calib_judged: pd.Data
     def labelled(rows: pd.DataFrame, share: float, seed: int):
         label = 4 * rows["grade"].to_numpy(np.float64)  # labels from the rows as stored, features dropped after
         expected = rows[TEACHER].to_numpy(np.float64) @ np.arange(GRADES)
-        label = np.where(np.isnan(label), np.round(4 * expected), label)
+        label = np.where(np.isnan(label), np.clip(np.round(4 * expected), 0, 4 * (GRADES - 1)), label)
         rows = drop_query_features(rows, spec, share, seed).assign(label=label).sort_values("query_id", kind="stable")
         label = rows.pop("label").to_numpy()
         keep = ~np.isnan(label)
