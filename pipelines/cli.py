@@ -169,7 +169,7 @@ def signals_report_cmd(
     """Teacher quality, calibration and cost on the dev split (stage 1, stage 2 everywhere, cascade)."""
     import torch
 
-    from pipelines.evaluation.teacher_report import print_report, teacher_report
+    from pipelines.evaluation.teacher_report import print_report, report_markdown, teacher_report
 
     ws: Workspace = ctx.obj.as_workspace()
     out = out or ws.root / "reports" / "teacher.json"
@@ -178,8 +178,9 @@ def signals_report_cmd(
         report = teacher_report(ws.lake, ws.cache_dir, quick=quick, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
+    out.with_suffix(".md").write_text(report_markdown(report))
     print_report(report, Console(width=180))
-    console.print(f"report -> {out}")
+    console.print(f"report -> {out}, {out.with_suffix('.md').name}")
 
 
 @app.command("apply")

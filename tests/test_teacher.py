@@ -349,6 +349,8 @@ def test_report_on_dev(run):
     configured = next(c for c in compared if c["configured"])
     assert configured["tau"] == pytest.approx(report["tau"])
     assert configured["cascade"]["ece"] == pytest.approx(methods["cascade"]["ece_calibrated"])
+    assert configured["cascade"]["ndcg@10"] == pytest.approx(methods["cascade"]["ndcg@10"])
+    assert configured["stage1"]["ndcg@10"] == pytest.approx(methods["stage 1 (boosting)"]["ndcg@10"])
     unjudged = report["unjudged_candidates"]
     assert set(unjudged["versions"]) == {"teacher-v1", "teacher-v2"} and not unjudged["stale"]
     assert "| cascade |" in report_markdown(report) and "QWK" in report_markdown(report)

@@ -96,7 +96,12 @@ def setting_name(calibration: CalibrationConfig) -> str:
 def compare_calibrations(teacher: Teacher, held: pd.DataFrame, config: TeacherConfig, dev: dict,
                          unjudged_raw1: np.ndarray) -> list[dict]:
     """Each calibration of COMPARED fitted on `held` (the calib queries' saved predictions), read
-    on dev (`dev`: grades and raw1, raw2 of the judged dev pairs) and on unjudged candidates."""
+    on dev (`dev`: the judged dev pairs, their judgments, grades and raw1, raw2) and on unjudged
+    candidates."""
+    def read(cal: np.ndarray, raw: np.ndarray) -> dict:
+        return {"ndcg@10": rerank_ndcg(dev["pairs"], ranking_score(cal, raw), dev["judgments"]),
+                "ece": ece(cal, dev["grades"]), **agreement(dev["grades"], cal)}
+
     rows = []
     for sample, rho in track(COMPARED, description="calibrations", console=Console(stderr=True)):
         calibration = replace(config.calibration, sample=sample, unjudged_relevance=rho)
@@ -105,11 +110,11 @@ def compare_calibrations(teacher: Teacher, held: pd.DataFrame, config: TeacherCo
         cal1, cal2 = trial.calib1.transform(dev["raw1"]), trial.calib2.transform(dev["raw2"])
         mask = escalate(confidence(cal1), trial.tau)
         cascade, _ = combine(cal1, cal2[mask], mask)
+        raw, _ = combine(dev["raw1"], dev["raw2"][mask], mask)
         rows.append({"calibration": setting_name(calibration),
                      "configured": setting_name(calibration) == setting_name(config.calibration),
                      "tau": trial.tau, "dev_escalated": float(mask.mean()),
-                     "stage1": {"ece": ece(cal1, dev["grades"]), **agreement(dev["grades"], cal1)},
-                     "cascade": {"ece": ece(cascade, dev["grades"]), **agreement(dev["grades"], cascade)},
+                     "stage1": read(cal1, dev["raw1"]), "cascade": read(cascade, raw),
                      "unjudged_stage1": relevance_summary(trial.calib1.transform(unjudged_raw1))})
     return rows
 
@@ -162,7 +167,8 @@ def teacher_report(lake: Lake, work_dir: Path, quick: bool = False, seed: int = 
     console.print(f"teacher report: {len(COMPARED)} calibrations, read on dev and {len(unjudged):,} unjudged "
                   "candidates")
     held = pd.read_parquet(teacher_work_dir(ctx) / "calib_predictions.parquet")
-    compared = compare_calibrations(teacher, held, config, {"grades": grades, "raw1": raw1, "raw2": raw2},
+    dev = {"pairs": pairs, "judgments": judgments, "grades": grades, "raw1": raw1, "raw2": raw2}
+    compared = compare_calibrations(teacher, held, config, dev,
                                     teacher.stage1.predict_proba(scorer.features(unjudged)))
     summary = teacher_work_dir(ctx) / "labels_summary.json"
     producer = json.loads(summary.read_text()) if summary.exists() else None
@@ -228,9 +234,11 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                       for v, u in unjudged["versions"].items()]))
 
     out.append(("Calibration samples compared (dev: judged pairs; unjudged: fit-query candidates, stage 1)",
-                ["calibration", "tau", "stage 1 ECE", "cascade ECE", "cascade exact", "cascade within one",
+                ["calibration", "tau", "cascade NDCG@10", "stage 1 ECE", "cascade ECE", "cascade exact",
+                 "cascade within one",
                  "cascade QWK", "cascade most probable grade", "unjudged P(rel) >= 0.5", "unjudged mean P(rel)"],
                 [[("* " if c["configured"] else "") + c["calibration"], f"{c['tau']:.3f}",
+                  f"{c['cascade']['ndcg@10']:.4f}",
                   f"{c['stage1']['ece']:.4f}", f"{c['cascade']['ece']:.4f}", f"{c['cascade']['exact']:.3f}",
                   f"{c['cascade']['within_one']:.3f}", f"{c['cascade']['qwk']:.3f}",
                   _grades(c["cascade"]["predicted"]), _pct(c["unjudged_stage1"]["share_p_relevant>=0.5"]),
