@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipelines import atomic
 from pipelines.evaluation.ab import ABConfig
 from pipelines.evaluation.offline import EvalConfig
 from pipelines.index.build import IndexConfig
@@ -27,6 +29,7 @@ from pipelines.ranking.config import RankerDataConfig, RankerTrainConfig
 from pipelines.settings import Settings
 from pipelines.training.config import DataConfig, TargetConfig, TrainConfig
 from pipelines.workspace import HOMEDEPOT, PROJECT_ROOT, ConfigError, Workspace
+from pipelines.workspace_lock import WorkspaceBusy, writer_lock
 
 MODEL_NAMES = ("bm25 | char | rrf | rrf:VERSION | an encoder version | "  # pipelines.evaluation.models
                "search:RANKER[@relevance|@engagement|@lambdamart]")
@@ -36,7 +39,20 @@ MODEL_NAMES = ("bm25 | char | rrf | rrf:VERSION | an encoder version | "  # pipe
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+PIPELINE_ORDER = ("ingest", "signals", "apply", "materialize", "dataset", "train", "index", "rank", "serve", "ui",
+                  "eval", "ab", "consistency", "demo")
+
+
+class PipelineOrder(typer.core.TyperGroup):
+    """`unisup --help` lists the commands in the order a deployment runs them (PIPELINE_ORDER); typer
+    alone lists plain commands before groups, each in registration order."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        rank = {name: i for i, name in enumerate(PIPELINE_ORDER)}
+        return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
+
+
+app = typer.Typer(cls=PipelineOrder, add_completion=False, no_args_is_help=True, help=__doc__)
 ingest_app = typer.Typer(no_args_is_help=True, help="Load raw data into the canonical lake.")
 signals_app = typer.Typer(no_args_is_help=True, help="Produce the signal tables behind the views.")
 dataset_app = typer.Typer(no_args_is_help=True, help="Point-in-time training sets.")
@@ -88,9 +104,19 @@ def friendly_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ConfigError, IngestError, EntityFileError, SignalTableError, UnknownSignal, FileNotFoundError) as exc:
+    except (ConfigError, IngestError, EntityFileError, SignalTableError, UnknownSignal, WorkspaceBusy,
+            FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
+
+
+def writing(ctx: typer.Context) -> Workspace:
+    """The workspace of a command that writes it, held as its one writer until the command ends
+    (pipelines.workspace_lock); a second writer fails at once, naming the holder."""
+    ws = ctx.obj.as_workspace()
+    with friendly_errors():
+        ctx.with_resource(writer_lock(ws.root, shlex.join(["unisup", *sys.argv[1:]])))
+    return ws
 
 
 def _as_of(value: str | None) -> pd.Timestamp:
@@ -108,7 +134,7 @@ def ingest_homedepot_cmd(
     """Read Home Depot judgments (+ catalog) into the lake; bad rows go to lake/rejects/."""
     from pipelines.ingest.homedepot import ingest_homedepot
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     with friendly_errors(), console.status("ingesting Home Depot files"):
         products = products if products and products.exists() else None
         report = ingest_homedepot(judgments, products, ws.lake, _as_of(as_of), encoding=encoding)
@@ -132,7 +158,7 @@ def ingest_synthetic_cmd(
     """Write a seeded synthetic catalog, queries and graded judgments in the lake's schema."""
     from pipelines.ingest.synthetic import generate_synthetic
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     report = generate_synthetic(ws.lake, n_items=items, n_queries=queries, seed=seed,
                                 as_of=_as_of(as_of), progress=True)
     console.print(f"lake: {ws.lake.root}  {report}")
@@ -150,7 +176,7 @@ def signals_build_cmd(
     from pipelines.features.produce import build_signals
     from pipelines.signals.spec import SignalContext
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     sctx = SignalContext(lake=ws.lake, as_of=_as_of(as_of), seed=seed, quick=quick,
                          work_dir=ws.cache_dir)
     with friendly_errors(), console.status("producing signals") as status:
@@ -171,14 +197,13 @@ def signals_report_cmd(
 
     from pipelines.evaluation.teacher_report import print_report, report_markdown, teacher_report
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     out = out or ws.root / "reports" / "teacher.json"
     torch.set_num_threads(ctx.obj.threads)
     with friendly_errors():
         report = teacher_report(ws.lake, ws.cache_dir, quick=quick, seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-    out.with_suffix(".md").write_text(report_markdown(report))
+    atomic.write_json(out, report, indent=2, default=str)
+    atomic.write_text(out.with_suffix(".md"), report_markdown(report))
     print_report(report, Console(width=180))
     console.print(f"report -> {out}, {out.with_suffix('.md').name}")
 
@@ -188,7 +213,7 @@ def apply_cmd(ctx: typer.Context) -> None:
     """Register the feature repo's entities, views and services in the workspace registry."""
     from pipelines.features.repo import apply
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     with friendly_errors(), console.status("feast apply"):
         contents = apply(ws)
     console.print(f"applied {len(contents.views)} views, {len(contents.on_demand_views)} on-demand, "
@@ -204,7 +229,7 @@ def materialize_cmd(
     """Load the latest feature values into the online store (incremental by default)."""
     from pipelines.features.materialize import materialize
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     end_ts = pd.Timestamp(end, tz="UTC").to_pydatetime() if end else None
     with friendly_errors():
         report = materialize(ws, incremental=not full, end=end_ts)
@@ -223,12 +248,14 @@ def dataset_build_cmd(
     """Point-in-time join of a FeatureService onto entity rows, with lineage."""
     from pipelines.features.dataset import build_dataset
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     with friendly_errors(), console.status(f"building point-in-time set from {service!r}"):
         result = build_dataset(ws, entities, out, service=service, engine=engine)
     nulls = {k: v for k, v in result.lineage["null_rate"].items() if v > 0}
     console.print(f"{result.lineage['rows']:,} rows -> {result.path}; lineage -> {out / 'lineage.json'}")
     console.print(f"features with nulls (missing/expired, rows kept): {nulls}")
+    for line in result.all_null:
+        console.print(f"[yellow]warning:[/yellow] null in every row: {escape(line)}")
 
 
 @dataset_app.command("entities")
@@ -237,16 +264,16 @@ def dataset_entities_cmd(
     out: Path = typer.Option(..., help="Output parquet of entity rows"),
     n: int = typer.Option(10_000, help="Rows"),
     seed: int = typer.Option(0),
-    days: int = typer.Option(30, help="Event times spread over the last DAYS days"),
+    days: int = typer.Option(30, help="Event times spread over the last DAYS days (0: every row at now)"),
 ) -> None:
     """Sample entity rows (pairs from the signal tables, event times in a window) for a demo set."""
     from pipelines.features.entities import sample_entities
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     with friendly_errors():
         df = sample_entities(ws, n=n, seed=seed, days=days)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(out, index=False)
+    with atomic.atomic_path(out) as tmp:
+        df.to_parquet(tmp, index=False)
     console.print(f"{len(df):,} entity rows -> {out}")
 
 
@@ -264,7 +291,7 @@ def train_cmd(
     """Distil the unified target (or an ablation's) into a MiniLM bi-encoder; register the version."""
     from pipelines.training.train import train
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     with friendly_errors():
         config = train_config(target, quick, epochs, max_queries, seed, ctx.obj.threads)
         result = train(ws, config, as_of=_as_of(as_of), name=name, console=console)
@@ -336,7 +363,7 @@ def index_build_cmd(
     """Encode the catalog with a model version and write index, item map and manifest."""
     from pipelines.index.build import build_index
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     with friendly_errors(), known_models(), index_errors():
         config = IndexConfig(model=model, kind=kind, hnsw_m=hnsw_m, ef_construction=ef_construction,
                              ef_search=ef_search)
@@ -357,7 +384,7 @@ def index_blend_cmd(
     """Fit the blend of model score and retriever_online features; writes blend.json in the index dir."""
     from pipelines.index.store import find_index
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     with friendly_errors():
         index = index or find_index(ws.indexes_dir)
     fit_and_show_blend(ws, index, as_of=pd.Timestamp(as_of, tz="UTC") if as_of else None)
@@ -403,6 +430,25 @@ def serve_cmd(
                                "--host", host, "--port", str(port), "--working-dir", str(PROJECT_ROOT)], env)
 
 
+@app.command("ui")
+def ui_cmd(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless you mean otherwise)"),
+    port: int = typer.Option(8888),
+) -> None:
+    """Browse the workspace registry in Feast's own UI: views, entities, services, their descriptions.
+
+    Like `feast -c WORKSPACE ui -h 127.0.0.1` after `unisup apply`, but with this command's settings."""
+    from pipelines.features.repo import feature_store
+
+    ws: Workspace = ctx.obj.as_workspace()
+    with friendly_errors():
+        if not (ws.root / "registry.db").exists():
+            raise ConfigError(f"no registry in {ws.root}: run `unisup apply` first")
+    console.print(f"Feast UI for {ws.root / 'registry.db'} on http://{host}:{port}")
+    feature_store(ws).serve_ui(host=host, port=port)
+
+
 @app.command("demo")
 def demo_cmd(
     ctx: typer.Context,
@@ -413,7 +459,7 @@ def demo_cmd(
     from pipelines.demo import run_demo
 
     with friendly_errors():
-        ok = run_demo(ctx.obj.as_workspace(), console, quick=quick, synthetic=synthetic or not HOMEDEPOT.exists())
+        ok = run_demo(writing(ctx), console, quick=quick, synthetic=synthetic or not HOMEDEPOT.exists())
     raise typer.Exit(0 if ok else 1)
 
 
@@ -446,7 +492,7 @@ def eval_cmd(
     from pipelines.evaluation.report import LABELS
     from pipelines.metrics import METRICS
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     with friendly_errors(), known_models():
         if (judgments is None) == (split is None):
             raise ConfigError("give exactly one of --judgments FILE and --split NAME")
@@ -463,7 +509,7 @@ def eval_cmd(
     rejected = report["input"].get("file", {}).get("rows_rejected", 0)
     if rejected:
         console.print(f"[yellow]{rejected} rows quarantined[/yellow]: {report['input']['file']['rejects_path']}")
-    console.print(f"report -> {out}/report.md, report.json, per_query.csv, metrics.png, ndcg_by_bucket.png"
+    console.print(f"report -> {out}/report.html, report.md, report.json, per_query.csv, metrics.png, ndcg_by_bucket.png"
                   + (", runs/ (TREC)" if save_runs else ""))
 
 
@@ -482,7 +528,7 @@ def rank_train_cmd(
     """Train the ranker (and its LambdaMART baseline) on the training queries; value weights on calib."""
     from pipelines.ranking.train import train_ranker
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     with friendly_errors(), known_models():
         meta = train_ranker(ws, name, RankerDataConfig(candidates=candidates, n=n, quick=quick, seed=seed),
                             RankerTrainConfig(epochs=epochs, teacher_weight=teacher_weight, drop_share=drop_share,
@@ -512,7 +558,7 @@ def rank_tradeoff_cmd(
     """NDCG@10 against simulated CTR and orders/search for each engagement weight of the value model."""
     from pipelines.evaluation.tradeoff import value_tradeoff
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     out = out or ws.root / "reports" / f"tradeoff-{ranker}-{split}"
     with friendly_errors(), known_models():
         report = value_tradeoff(ws, ranker, baseline, ABConfig(a=baseline, b=f"search:{ranker}", split=split,
@@ -524,7 +570,7 @@ def rank_tradeoff_cmd(
                       f"{p['ndcg@10_condensed']:.4f}", f"{p['irrelevant@10']:.4f}", f"{p['ctr']:.4f}",
                       f"{p['orders_per_search']:.5f}")
     console.print(table)
-    console.print(f"report -> {out}/tradeoff.md, tradeoff.json, tradeoff.png")
+    console.print(f"report -> {out}/tradeoff.html, tradeoff.md, tradeoff.json, tradeoff.png")
 
 
 @app.command("ab")
@@ -542,7 +588,7 @@ def ab_cmd(
     """Replay the click simulator with ranker A vs ranker B: CTR, orders, irrelevant share, 95% CIs."""
     from pipelines.evaluation.ab import default_out, run_ab
 
-    ws: Workspace = ctx.obj.as_workspace()
+    ws = writing(ctx)
     config = ABConfig(a=a, b=b, split=split, impressions=impressions, days=days, seed=seed, resamples=resamples)
     out = out or default_out(ws, config)
     with friendly_errors(), known_models():
@@ -552,7 +598,7 @@ def ab_cmd(
         table.add_row(name, f"{m['a']:.4f}", f"{m['b']:.4f}",
                       f"{m['diff']:+.4f} [{m['diff_ci'][0]:+.4f}, {m['diff_ci'][1]:+.4f}]")
     console.print(table)
-    console.print(f"{report['ci']}; report -> {out}/ab.md, ab.json")
+    console.print(f"{report['ci']}; report -> {out}/ab.html, ab.md, ab.json")
 
 
 if __name__ == "__main__":

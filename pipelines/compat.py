@@ -12,6 +12,9 @@ upgrade has one file to review:
 * `recv_into`: redis-py's `Connection._sock`. features/redis_pipe.RespPipe reads replies
   straight from the connection's socket into one reused buffer for hiredis to parse; redis-py has
   no public way to read raw bytes off a connection it set up (AUTH, SELECT, TLS).
+* `AtomicFileRegistryStore` (features/registry_store.py): overrides Feast's
+  `FileRegistryStore._write_registry` and reads its `_filepath`, to write registry.db through
+  pipelines.atomic; it calls `require("feast")` when imported.
 
 * `bf16_supported`: `torch.ops.mkldnn._is_mkldnn_bf16_supported`, whether the CPU runs bfloat16
   matmuls natively (modeling/encoder.py turns bf16 on only where it is fast).

@@ -14,6 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.atomic import write_parquet
+
 TS = pa.timestamp("us", tz="UTC")
 
 ITEMS = pa.schema(
@@ -64,10 +66,7 @@ class Lake:
 
     def write(self, table: str, df: pd.DataFrame) -> Path:
         """Write one table with its canonical schema (casts, column order, UTC µs)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        out = self.path(table)
-        pq.write_table(to_arrow(df, TABLES[table]), out)
-        return out
+        return write_parquet(to_arrow(df, TABLES[table]), self.path(table))
 
     def read(self, table: str) -> pd.DataFrame:
         if not self.path(table).exists():

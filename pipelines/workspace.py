@@ -15,6 +15,7 @@ import yaml
 from feast import RepoConfig
 from redis.connection import parse_url
 
+from pipelines.atomic import write_text
 from pipelines.lake import Lake
 
 PROJECT = "unisup"
@@ -22,6 +23,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPO = PROJECT_ROOT / "feature_repo"
 HOMEDEPOT = PROJECT_ROOT.parent / "shared" / "data" / "homedepot"  # real judgments, beside the project
 ENTITY_KEY_SERIALIZATION_VERSION = 3
+REGISTRY_STORE = "pipelines.features.registry_store.AtomicFileRegistryStore"  # Feast's file store, written atomically
 
 
 class ConfigError(ValueError):
@@ -86,15 +88,13 @@ class Workspace:
 
     def write_feature_store_yaml(self) -> Path:
         """Write feature_store.yaml so plain Feast tooling can open the workspace too."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        out = self.root / "feature_store.yaml"
-        out.write_text(yaml.safe_dump(self._config_dict(), sort_keys=False))
-        return out
+        return write_text(self.root / "feature_store.yaml", yaml.safe_dump(self._config_dict(), sort_keys=False))
 
     def _config_dict(self) -> dict:
         return {
             "project": PROJECT,
-            "registry": {"path": str(self.root / "registry.db"), "cache_ttl_seconds": 0},
+            "registry": {"path": str(self.root / "registry.db"), "cache_ttl_seconds": 0,
+                         "registry_store_type": REGISTRY_STORE},
             "provider": "local",
             "offline_store": {"type": "duckdb"},
             "online_store": online_store_config(self.online, self.root),

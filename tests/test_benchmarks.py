@@ -106,6 +106,18 @@ def test_serve_bench_search_quick(tmp_path, redis_server):
     assert all(lv["stages_ms"]["rank"] > 0 and lv["stages_ms"]["lookup"] > 0 for lv in data["levels"])
 
 
+@pytest.mark.slow  # ~4.5 min on 2 shared cores: eight `unisup` steps, each run, killed and run again
+def test_crash_harness_quick(tmp_path, redis_server):
+    """One SIGKILL per writing step (the full run, 5 per step, is in benchmarks/results/crash_harness.json):
+    every rerun exits 0 and ends equal to the uninterrupted run, with consistency clean after materialize."""
+    data = run_quick("crash_harness.py", tmp_path / "crash.json", redis_server)
+    assert [r["step"] for r in data["steps"]] == ["ingest", "signals build", "apply", "materialize (SQLite)",
+                                                 "materialize (Redis)", "dataset build", "index build", "train"]
+    trials = [t for r in data["steps"] for t in r["trials"]]
+    assert len(trials) == 8 and all(t["ok"] and t["rerun_exit"] == 0 and t["differs"] == [] for t in trials)
+    assert all(r["state_items"] > 0 for r in data["steps"])
+
+
 def test_a_failed_child_shows_its_exception_and_the_run_exits_1(tmp_path, capsys):
     common = load_common()
     script = tmp_path / "child.py"

@@ -16,21 +16,25 @@ from feast import FeatureView, Field
 from feast.types import Float32, Int64
 
 from pipelines.signals.entities import PAIR
-from pipelines.signals.spec import Signal, SignalContext, signal_source
+from pipelines.signals.spec import Signal, SignalContext, bounds, signal_source
 from pipelines.signals.training import training_judgments, training_queries
 from pipelines.text import normalize_query
 
 # Share of query tokens found in the title, per judged (query, item) pair of training queries.
+# tags=bounds(lo, hi) declares a number's valid range: `signals build` refuses a table outside it.
 title_overlap_fv = FeatureView(
     name="title_overlap",
     entities=PAIR,
     ttl=timedelta(days=365),
     schema=[
-        Field(name="overlap_ratio", dtype=Float32, description="Query tokens present in the title / query tokens"),
-        Field(name="title_has_query", dtype=Int64, description="1 if the whole normalized query occurs in the title"),
+        Field(name="overlap_ratio", dtype=Float32, description="Share of the query's words found in the title",
+              tags=bounds(0, 1)),
+        Field(name="title_has_query", dtype=Int64,
+              description="1 if the whole normalized query occurs in the title, else 0",
+              tags=bounds(0, 1)),
     ],
     source=signal_source("title_overlap"),
-    description="Lexical overlap between query and title (example signal).",
+    description="Example signal: lexical overlap between a judged query and the item's title.",
     tags={"signal": "example", "grain": "pair"},
 )
 

@@ -1,4 +1,5 @@
-"""Writing evaluation and A/B results: JSON for machines, Markdown for people, PNG for a glance.
+"""Writing evaluation and A/B results: JSON for machines, Markdown for people, PNG for a glance, and
+one self-contained HTML page (the Markdown's tables with the PNGs inside) to open or mail as one file.
 
 Nothing is computed here beyond formatting: the numbers come from offline.py (metrics.evaluate) and
 ab.py (the replayed simulator).
@@ -6,12 +7,16 @@ ab.py (the replayed simulator).
 
 from __future__ import annotations
 
-import json
+import base64
+import html
+import itertools
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from pipelines import atomic
 from pipelines.metrics import METRICS
 from pipelines.retrieval.report import json_safe
 
@@ -32,11 +37,18 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as PNG (atomically) and close a figure."""
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    pyplot().close(fig)
+    return path
+
+
 def write_json(report: dict, path: Path) -> Path:
     """Standard JSON (NaN as null, paths as strings), so any reader can load it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(report), indent=2, default=str) + "\n")
-    return path
+    return atomic.write_json(path, json_safe(report), indent=2, default=str)
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -49,6 +61,55 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+CSS = ("body{font:15px/1.5 system-ui,sans-serif;color:#1b1b1b;background:#fff;max-width:80em;margin:2em auto;"
+       "padding:0 1em}table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #999;padding:.3em .6em}"
+       "th{background:#e8ecf2}td{font-variant-numeric:tabular-nums}.r{text-align:right}"
+       "img{max-width:100%;display:block;margin:1em 0}")
+
+
+def markdown_html(markdown: str, images: Sequence[Path] = ()) -> str:
+    """A self-contained HTML page of a report's Markdown (the headings, paragraphs and tables this module
+    writes) with the PNGs embedded as data URIs: no second copy of the tables, nothing fetched."""
+    def kind(line: str) -> str:
+        if line.startswith("|"):
+            return "table"
+        if line.startswith("#"):
+            return "heading"
+        return "text" if line.strip() else "blank"
+
+    body = []
+    for k, group in itertools.groupby(markdown.splitlines(), kind):
+        lines = list(group)
+        if k == "table":
+            body.append(_html_table(lines))
+        elif k == "heading":
+            for line in lines:
+                level = len(line) - len(line.lstrip("#"))
+                body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif k == "text":
+            body.append(f"<p>{html.escape(' '.join(lines))}</p>")
+    for png in map(Path, images):
+        data = base64.b64encode(png.read_bytes()).decode()
+        body.append(f'<img alt="{html.escape(png.name)}" src="data:image/png;base64,{data}">')
+    title = next((line.lstrip("# ") for line in markdown.splitlines() if line.startswith("#")), "report")
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _html_table(lines: list[str]) -> str:
+    """A table as markdown_table writes it: header row, alignment row ('---:' = right), body rows."""
+    def cells(line: str) -> list[str]:
+        return [html.escape(c.strip()) for c in line.strip().strip("|").split("|")]
+
+    right = [c.endswith(":") for c in cells(lines[1])]
+
+    def row(line: str, tag: str) -> str:
+        return "<tr>" + "".join(f'<{tag}{" class=r" * r}>{c}</{tag}>' for c, r in zip(cells(line), right)) + "</tr>"
+
+    return ("<table><thead>" + row(lines[0], "th") + "</thead><tbody>"
+            + "".join(row(line, "td") for line in lines[2:]) + "</tbody></table>")
 
 
 def eval_markdown(report: dict) -> str:
@@ -92,10 +153,7 @@ def plot_metrics(report: dict, path: Path) -> Path:
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.margins(y=0.15)
     fig.suptitle(report["input"]["source"], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_buckets(report: dict, path: Path) -> Path:
@@ -114,10 +172,7 @@ def plot_buckets(report: dict, path: Path) -> Path:
         ax.set_xticks(range(len(buckets)), [f"{b}\n({first[b]['queries']} q)" for b in buckets])
         ax.set_title(LABELS[metric], fontsize=9)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def per_query_frame(results: dict[str, dict], queries: pd.DataFrame) -> pd.DataFrame:
@@ -133,14 +188,16 @@ def per_query_frame(results: dict[str, dict], queries: pd.DataFrame) -> pd.DataF
 
 
 def write_eval_report(report: dict, results: dict[str, dict], queries: pd.DataFrame, out: Path) -> dict[str, Path]:
-    """report.json, report.md, per_query.csv, metrics.png, ndcg_by_bucket.png in `out`."""
+    """report.json, report.md, report.html, per_query.csv, metrics.png, ndcg_by_bucket.png in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": write_json(report, out / "report.json"),
-             "markdown": out / "report.md", "per_query": out / "per_query.csv",
+             "markdown": out / "report.md", "html": out / "report.html", "per_query": out / "per_query.csv",
              "metrics_png": plot_metrics(report, out / "metrics.png"),
              "buckets_png": plot_buckets(report, out / "ndcg_by_bucket.png")}
-    paths["markdown"].write_text(eval_markdown(report))
-    per_query_frame(results, queries).to_csv(paths["per_query"], index=False, float_format="%.6g")
+    markdown = eval_markdown(report)
+    atomic.write_text(paths["markdown"], markdown)
+    atomic.write_text(paths["html"], markdown_html(markdown, [paths["metrics_png"], paths["buckets_png"]]))
+    atomic.write_text(paths["per_query"], per_query_frame(results, queries).to_csv(index=False, float_format="%.6g"))
     return paths
 
 
@@ -166,7 +223,9 @@ def ab_markdown(report: dict) -> str:
 
 
 def write_ab_report(report: dict, out: Path) -> dict[str, Path]:
-    """ab.json and ab.md in `out`."""
-    paths = {"json": write_json(report, out / "ab.json"), "markdown": out / "ab.md"}
-    paths["markdown"].write_text(ab_markdown(report))
+    """ab.json, ab.md and ab.html in `out`."""
+    paths = {"json": write_json(report, out / "ab.json"), "markdown": out / "ab.md", "html": out / "ab.html"}
+    markdown = ab_markdown(report)
+    atomic.write_text(paths["markdown"], markdown)
+    atomic.write_text(paths["html"], markdown_html(markdown))
     return paths

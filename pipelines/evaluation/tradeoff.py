@@ -6,7 +6,7 @@ w P(click) + 2w P(order)), over one split's judged queries:
 - CTR and orders per search in the click simulator, as `unisup ab` measures them, paired against
   a baseline model on the same traffic (95% bootstrap intervals of the difference).
 The stack scores each query's candidates once; only the value model's sort changes per weight.
-Output: tradeoff.json, tradeoff.md, tradeoff.png (NDCG@10 against orders per search).
+Output: tradeoff.json, tradeoff.md, tradeoff.png (NDCG@10 against orders per search), tradeoff.html.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines import atomic
 from pipelines.evaluation.ab import ABConfig, ab_test
 from pipelines.evaluation.judgments import from_lake
 from pipelines.evaluation.models import SEARCH, Models
-from pipelines.evaluation.report import markdown_table, pyplot, write_json
+from pipelines.evaluation.report import markdown_html, markdown_table, pyplot, save_figure, write_json
 from pipelines.metrics import evaluate
 from pipelines.ranking.store import CUMULATIVE
 from pipelines.ranking.train import ENGAGEMENT_GRID
@@ -68,11 +69,19 @@ def value_tradeoff(ws: Workspace, ranker: str, baseline: str, ab: ABConfig, out:
     report = {"ranker": ranker, "baseline": baseline, "split": ab.split, "queries": len(queries),
               "searches": test["searches"], "ab": asdict(ab), "points": points,
               "relevance_head": relevance_head(rows, jset.judgments)}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(report, out / "tradeoff.json")
-    (out / "tradeoff.md").write_text(tradeoff_markdown(report))
-    plot_tradeoff(report, out / "tradeoff.png")
+    write_tradeoff_report(report, out)
     return report
+
+
+def write_tradeoff_report(report: dict, out: Path) -> dict[str, Path]:
+    """tradeoff.json, tradeoff.md, tradeoff.png and tradeoff.html (the page with the plot inside) in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": write_json(report, out / "tradeoff.json"), "markdown": out / "tradeoff.md",
+             "png": plot_tradeoff(report, out / "tradeoff.png"), "html": out / "tradeoff.html"}
+    markdown = tradeoff_markdown(report)
+    atomic.write_text(paths["markdown"], markdown)
+    atomic.write_text(paths["html"], markdown_html(markdown, [paths["png"]]))
+    return paths
 
 
 def relevance_head(rows: pd.DataFrame, judgments: pd.DataFrame) -> dict:
@@ -116,8 +125,5 @@ def plot_tradeoff(report: dict, path: Path) -> Path:
     ax.set_ylabel(f"NDCG@10 ({report['split']}, human judgments)")
     ax.set_title(f"value = E[grade] + w P(click) + 2w P(order): search:{report['ranker']}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 

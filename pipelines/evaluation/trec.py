@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines import atomic
 from pipelines.metrics import DEPTH, gain, ranked
 from pipelines.retrieval.runner import Run
 
@@ -48,10 +49,10 @@ def write_runs(runs: dict[str, Run], queries: pd.DataFrame, judgments: pd.DataFr
     query_ids = [str(q) for q in queries["query_id"]]
     for model, run in runs.items():
         lines = run_lines(run, query_ids, safe_name(model))
-        (folder / f"{safe_name(model)}.run").write_text("".join(line + "\n" for line in lines))
+        atomic.write_text(folder / f"{safe_name(model)}.run", "".join(line + "\n" for line in lines))
     texts = (" ".join(str(t).split()) for t in queries["query_text"])  # a tab or newline would break the row
-    (folder / "queries.tsv").write_text("".join(f"{qid}\t{text}\n" for qid, text in zip(query_ids, texts)))
+    atomic.write_text(folder / "queries.tsv", "".join(f"{qid}\t{text}\n" for qid, text in zip(query_ids, texts)))
     qrels = judgments.sort_values(["query_id", "item_id"])
-    (folder / "qrels.txt").write_text("".join(f"{qid} 0 {item} {gain(rel)}\n" for qid, item, rel
-                                              in zip(qrels["query_id"], qrels["item_id"], qrels["relevance"])))
+    atomic.write_text(folder / "qrels.txt", "".join(f"{qid} 0 {item} {gain(rel)}\n" for qid, item, rel
+                                                    in zip(qrels["query_id"], qrels["item_id"], qrels["relevance"])))
     return folder

@@ -9,16 +9,15 @@ towards well-covered pairs. lineage.json records what the set was built from.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from feast import FeatureService, FeatureStore
 
+from pipelines.atomic import write_json, write_parquet
 from pipelines.features.repo import feature_store
 from pipelines.lake import utc_micros
 from pipelines.signals.spec import table_path
@@ -92,6 +91,7 @@ def file_sha256(path: Path) -> str:
 class DatasetResult:
     path: Path
     lineage: dict
+    all_null: tuple[str, ...] = ()  # views with a feature null in every row, each with the likely cause
 
 
 def build_dataset(ws: Workspace, entities: pd.DataFrame | Path, out_dir: Path,
@@ -110,12 +110,54 @@ def build_dataset(ws: Workspace, entities: pd.DataFrame | Path, out_dir: Path,
     else:
         raise ValueError(f"engine {engine!r}: expected 'duckdb' or 'feast'")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "dataset.parquet"
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+    path, lineage_path = out_dir / "dataset.parquet", out_dir / "lineage.json"
+    lineage_path.unlink(missing_ok=True)  # a crash before the new one is written leaves no stale lineage
+    write_parquet(pa.Table.from_pandas(df, preserve_index=False), path)
     lineage = _lineage(ws, store, fs, rows, df, entities_file, engine)
-    (out_dir / "lineage.json").write_text(json.dumps(lineage, indent=2))
-    return DatasetResult(path=path, lineage=lineage)
+    write_json(lineage_path, lineage, indent=2)
+    return DatasetResult(path=path, lineage=lineage, all_null=explain_all_null(ws, store, lineage, rows, df))
+
+
+def explain_all_null(ws: Workspace, store: FeatureStore, lineage: dict, rows: pd.DataFrame,
+                     df: pd.DataFrame) -> tuple[str, ...]:
+    """One line per view with features null in EVERY row, naming them and the likely cause.
+
+    Nulls in some rows are expected (rows are kept when a pair is missing or expired); a feature
+    null everywhere almost always means the entity rows and the view's event times do not overlap,
+    e.g. a signal built today joined onto rows of last month, which the point-in-time join rightly
+    hides. Only views with such a feature are read (their event times), so the usual case costs nothing."""
+    # lineage's rates are rounded to 6 digits, so a 1.0 there may hide a few values: the frame decides
+    empty = {f for f, rate in lineage["null_rate"].items() if rate > 0.99 and df[f].isna().all()}
+    if not empty:
+        return ()
+    times = utc_micros(rows["event_timestamp"])
+    lines = []
+    for name, features in lineage["feature_views"].items():
+        null = [f for f in features if f in empty]
+        if null:
+            cause = _cause(ws, _view(store, name), whole_view=len(null) == len(features), times=times)
+            lines.append(f"{name} ({', '.join(null)}): {cause}")
+    return tuple(lines)
+
+
+def _cause(ws: Workspace, view, whole_view: bool, times: pd.Series) -> str:
+    """The likeliest reason, from the rows' event times against the view's first and last event and TTL."""
+    if getattr(view, "batch_source", None) is None:
+        return "an on-demand view: the features it is computed from are null in these rows"
+    if not whole_view:
+        return "the view's table holds nulls for these features at the rows' pairs"
+    column = view.batch_source.timestamp_field
+    events = utc_micros(pd.read_parquet(table_path(ws, view), columns=[column])[column])
+    if events.empty:
+        return f"its table {table_path(ws, view)} is empty"
+    if times.max() < events.min():
+        return (f"every row (latest {times.max()}) is older than the view's first event time {events.min()}; "
+                "the point-in-time join hides values from a row's future: use entity rows at or after it")
+    ttl = pd.Timedelta(view.ttl or 0)  # 0: no TTL
+    if ttl and times.min() > events.max() + ttl:
+        return (f"every row (earliest {times.min()}) is more than the view's TTL ({ttl}) after its last "
+                f"event time {events.max()}: the values had expired")
+    return f"no row's pair has a value in the view's table at the row's time (absent, or older than TTL {ttl})"
 
 
 def _lineage(ws: Workspace, store: FeatureStore, fs: FeatureService, rows: pd.DataFrame, df: pd.DataFrame,

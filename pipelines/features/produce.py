@@ -1,13 +1,15 @@
 """Run registered producers and write their tables where the feature views read them.
 
-Every table is checked against its view before it is written (keys, both timestamps, every
-declared feature, types castable), so a producer bug fails here with the view and column named,
-not later inside Feast.
+Every table is checked against its view before it is written (pipelines.features.validate: keys,
+both timestamps in UTC, every declared feature of its type and inside its declared range), so a
+producer bug stops the build here, naming the signal, column, count and an example row, instead of
+reaching the offline store and, materialized, the online one. The failing signal's table is not
+written (a previous one stays as it was); signals built before it in the same run keep their new
+tables, each whole and valid on its own.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -15,21 +17,18 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from feast import FeatureView
 from feast.types import Bool, Float32, Float64, Int32, Int64, String
 
+from pipelines.atomic import write_json, write_parquet
 from pipelines.features.repo import load_repo
+from pipelines.features.validate import SignalTableError, check_frame, check_ranges
 from pipelines.lake import to_arrow
 from pipelines.signals.spec import TIMESTAMPS, Producer, Signal, SignalContext, table_path
 from pipelines.workspace import Workspace
 
 _ARROW = {Float32: pa.float32(), Float64: pa.float64(), Int64: pa.int64(), Int32: pa.int32(),
           String: pa.string(), Bool: pa.bool_()}
-
-
-class SignalTableError(ValueError):
-    """A producer returned a table that does not fit its feature view."""
 
 
 def view_schema(view: FeatureView, join_keys: list[str] | None = None) -> pa.Schema:
@@ -47,15 +46,11 @@ def view_schema(view: FeatureView, join_keys: list[str] | None = None) -> pa.Sch
 
 
 def conform(view: FeatureView, df: pd.DataFrame, join_keys: list[str] | None = None) -> pa.Table:
-    """Cast a producer's frame to the view's schema, naming the view and column on failure."""
+    """Cast a producer's frame to the view's schema once its columns, keys, timestamps and types
+    are checked (ranges are write_signal's further check); SignalTableError names what is wrong."""
     join_keys = join_keys or view.join_keys
     schema = view_schema(view, join_keys)
-    missing = [f.name for f in schema if f.name not in df.columns]
-    if missing:
-        raise SignalTableError(f"signal {view.name!r}: producer output lacks columns {missing}")
-    for name in (*join_keys, *TIMESTAMPS):
-        if df[name].isna().any():
-            raise SignalTableError(f"signal {view.name!r}: column {name} has nulls")
+    check_frame(view, df, join_keys)
     try:
         return to_arrow(df, schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError) as exc:
@@ -64,15 +59,15 @@ def conform(view: FeatureView, df: pd.DataFrame, join_keys: list[str] | None = N
 
 def write_signal(ws: Workspace, signal: Signal, ctx: SignalContext, join_keys: list[str],
                  producer: Producer | None = None) -> tuple[Path, int]:
-    """Produce one signal's table (with its own producer unless one is given) and write it,
-    sorted by key then time, for stable files."""
+    """Produce one signal's table (with its own producer unless one is given), check it against
+    the view, ranges included, and only then write it, sorted by key then time, for stable files."""
     df = replace(signal, producer=producer).produce(ctx) if producer else signal.produce(ctx)
     table = conform(signal.view, df, join_keys)
+    check_ranges(signal.view, df, join_keys)
     table = table.sort_by([(k, "ascending") for k in join_keys]
                           + [("event_timestamp", "ascending")])
     out = table_path(ws, signal.view)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out)
+    write_parquet(table, out)
     return out, table.num_rows
 
 
@@ -96,7 +91,6 @@ def build_signals(ws: Workspace, ctx: SignalContext, only: list[str] | None = No
         if on_done:
             on_done(signal.name, path, n, seconds)
     if ctx.work_dir is not None:
-        Path(ctx.work_dir).mkdir(parents=True, exist_ok=True)
         summary = {"as_of": str(ctx.as_of), "quick": ctx.quick, "seed": ctx.seed, "signals": report}
-        (Path(ctx.work_dir) / "signals_build.json").write_text(json.dumps(summary, indent=2))
+        write_json(Path(ctx.work_dir) / "signals_build.json", summary, indent=2)
     return report

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.atomic import write_json
+
 BLEND_FILE = "blend.json"
 MODEL_SCORE = "model_score"
 LOG_ABOVE = 10.0  # a non-negative feature whose fitted max exceeds this is taken as log1p
@@ -57,7 +59,7 @@ class Blend:
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / BLEND_FILE
-        path.write_text(json.dumps({"formula": FORMULA, **asdict(self)}, indent=2, default=str))
+        write_json(path, {"formula": FORMULA, **asdict(self)}, indent=2, default=str)
         return path
 
     @classmethod

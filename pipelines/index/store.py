@@ -9,7 +9,6 @@ into place, so a reader never sees half an index. blend.json (blend.py) may sit 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from feast.errors import FeatureServiceNotFoundException
 
+from pipelines.atomic import atomic_path
 from pipelines.features.repo import feature_store
 from pipelines.modeling.encoder import Encoder
 from pipelines.modeling.registry import resolve
@@ -94,19 +94,12 @@ def write_index(directory: Path, index: faiss.Index, item_ids: list[str], titles
                 manifest: IndexManifest) -> Path:
     """Write the three files into `directory`, replacing any previous build atomically."""
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    faiss.write_index(index, str(tmp / INDEX_FILE))
-    pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string()), "title": pa.array(titles, pa.string())}),
-                   tmp / ITEMS_FILE)
-    (tmp / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        directory.rename(old)
-    tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string()),
+                                 "title": pa.array(titles, pa.string())}), tmp / ITEMS_FILE)
+        (tmp / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
     return directory
 
 
@@ -139,8 +132,7 @@ def load_encoder(manifest: IndexManifest, models_dir: Path, model_dir: Path | No
 def find_index(indexes_dir: Path, model_version: str | None = None) -> Path:
     """The newest index directory (optionally of one model version)."""
     root = Path(indexes_dir)
-    found = [p.parent for p in root.glob(f"*/{MANIFEST_FILE}")
-             if not p.parent.name.endswith((".tmp", ".old"))] if root.exists() else []
+    found = [p.parent for p in root.glob(f"[!.]*/{MANIFEST_FILE}")] if root.exists() else []
     if model_version is not None:
         found = [p for p in found if IndexManifest.read(p).model_version == model_version]
     if not found:

@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines.atomic import atomic_path
+
 _META = ("line", "field", "reason", "detail")
 RAW_RECORD = "raw_record"  # holds the source text of a record that could not be split into columns
 
@@ -79,9 +81,8 @@ class Rejects:
 
     def write(self, path: Path) -> Path:
         """Write all rejects (a header-only file if there are none, replacing stale rejects)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         # backslashreplace: a rejected row may hold undecodable bytes, kept visible as \udcXX
-        with path.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
+        with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
             writer = csv.writer(fh)
             writer.writerow([*_META, *self.columns, RAW_RECORD])
             writer.writerows(self.rows)

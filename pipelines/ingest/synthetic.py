@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from rich.progress import Progress
 
+from pipelines.atomic import write_parquet
 from pipelines.lake import Lake
 from pipelines.text import normalize_query, query_id, query_split
 
@@ -122,7 +122,7 @@ def generate_synthetic(lake: Lake, n_items: int = 2000, n_queries: int = 500, se
         }
         truth = pa.table({"query_id": qids, "item_id": judged,
                           "latent_relevance": pairs["latent"].to_numpy()})  # float32, see _latent
-        pq.write_table(truth, paths["truth"])
+        write_parquet(truth, paths["truth"])
         bar.update(task, advance=1, description="done")
     return SyntheticReport(n_items, len(queries), len(pairs), seed, paths)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.atomic import atomic_path
 from pipelines.modeling.encoder import Encoder, minilm_dir
 
 BASE_VERSION = "minilm-l6-v2"  # the off-the-shelf encoder, served until a trained one exists
@@ -50,18 +51,19 @@ def register(models_dir: Path, encoder: Encoder, lineage: dict, name: str | None
     `stats` (timings, throughput) are recorded but not hashed: they vary run to run."""
     version = name or version_id(lineage, encoder.fingerprint())
     path = Path(models_dir) / version
-    path.mkdir(parents=True, exist_ok=True)
-    encoder.save(path)
     manifest = {"version": version, "created": pd.Timestamp.now(tz="UTC").isoformat(), "lineage": lineage,
                 "stats": stats or {}}
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    with atomic_path(path) as tmp:
+        encoder.save(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return ModelRef(version, path, lineage)
 
 
 def available(models_dir: Path) -> list[str]:
     """Trained versions in the workspace, newest first, then BASE_VERSION."""
     root = Path(models_dir)
-    found = sorted(root.glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime, reverse=True) if root.exists() else []
+    found = sorted(root.glob(f"[!.]*/{MANIFEST}"), key=lambda p: p.stat().st_mtime, reverse=True) \
+        if root.exists() else []
     return [p.parent.name for p in found] + [BASE_VERSION]
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
+from pipelines.atomic import atomic_path
 from pipelines.features.pit import historical_features
 from pipelines.features.repo import feature_store
 from pipelines.ranking.config import RankerDataConfig
@@ -64,17 +65,18 @@ def training_table(ws: Workspace, config: RankerDataConfig,
         views = {n: (v[0], v[1]) for n, v in json.loads((path / "views.json").read_text()).items()}
         return pd.read_parquet(path / "rows.parquet"), views
     rows, views = build_table(ws, config, console)
-    path.mkdir(parents=True, exist_ok=True)
-    rows.to_parquet(path / "rows.parquet")
-    (path / "views.json").write_text(json.dumps(views))
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        rows.to_parquet(tmp / "rows.parquet")
+        (tmp / "views.json").write_text(json.dumps(views))
     return rows, views
 
 
 def table_key(ws: Workspace, config: RankerDataConfig) -> str:
     """Config + size and mtime of every signal table, lake table and the candidate model's files."""
     dense = config.candidates.partition(":")[2]
-    watched = [*sorted(ws.features_dir.glob("*")), *sorted(ws.lake.root.glob("*")),
-               *(sorted((ws.models_dir / dense).glob("*")) if dense else [])]
+    watched = [*sorted(ws.features_dir.glob("[!.]*")), *sorted(ws.lake.root.glob("[!.]*")),
+               *(sorted((ws.models_dir / dense).glob("[!.]*")) if dense else [])]
     state = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in watched if p.is_file()]
     return hashlib.sha256(json.dumps([asdict(config), state]).encode()).hexdigest()[:16]
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipelines.atomic import atomic_path
 from pipelines.ranking.features import FeatureSpec
 from pipelines.ranking.model import Ranker, RankerConfig, engagement_probabilities, relevance_probabilities
 from pipelines.workspace import Workspace
@@ -40,11 +41,13 @@ class RankerFiles:
         return self.root / "ranker.json"
 
     def save(self, model: Ranker, spec: FeatureSpec, booster, meta: dict) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), self.root / "ranker.pt")
-        (self.root / "features.json").write_text(json.dumps(spec.to_dict(), indent=1))
-        booster.save_model(str(self.root / "lambdamart.txt"))
-        self.meta.write_text(json.dumps(meta, indent=2))
+        """Write the ranker's directory whole (a previous ranker of the name is replaced at once)."""
+        with atomic_path(self.root) as tmp:
+            tmp.mkdir()
+            torch.save(model.state_dict(), tmp / "ranker.pt")
+            (tmp / "features.json").write_text(json.dumps(spec.to_dict(), indent=1))
+            booster.save_model(str(tmp / "lambdamart.txt"))
+            (tmp / self.meta.name).write_text(json.dumps(meta, indent=2))
 
     def load(self) -> tuple[Ranker, FeatureSpec, object, dict]:
         """(network in eval mode, its FeatureSpec, the LightGBM booster, ranker.json)."""

@@ -21,6 +21,7 @@ import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
 
+from pipelines.atomic import atomic_path
 from pipelines.retrieval import Hits, to_hits
 from pipelines.text import normalize_query
 
@@ -90,10 +91,11 @@ class BM25Channel:
         return cls(retriever, np.asarray(item_ids, dtype=object))
 
     def save(self, path: Path | str) -> Path:
-        """Write the bm25s index and the row -> item_id map to a directory."""
+        """Write the bm25s index and the row -> item_id map to a directory (whole or not at all)."""
         path = Path(path)
-        self.retriever.save(path, show_progress=False)
-        (path / "item_ids.json").write_text(json.dumps(self.item_ids.tolist()))
+        with atomic_path(path) as tmp:
+            self.retriever.save(tmp, show_progress=False)
+            (tmp / "item_ids.json").write_text(json.dumps(self.item_ids.tolist()))
         return path
 
     @classmethod

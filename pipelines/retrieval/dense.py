@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from pipelines.atomic import atomic_path
 from pipelines.modeling.encoder import Encoder
 from pipelines.retrieval import Hits, catalog_hash, to_hits
 
@@ -36,10 +37,8 @@ def item_embeddings(encoder: Encoder, item_ids: Sequence[str], titles: Sequence[
     else:
         vectors = encoder.encode(titles)
     if path is not None and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, vectors)
-        tmp.replace(path)  # atomic: a crash mid-write never leaves a truncated cache behind
+        with atomic_path(path) as tmp, tmp.open("wb") as out:
+            np.save(out, vectors)
     _RECENT.clear()
     _RECENT[key] = vectors
     return vectors

@@ -11,7 +11,6 @@ is fitted. Run:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.atomic import write_json
 from pipelines.lake import Lake
 from pipelines.metrics import METRICS, evaluate
 from pipelines.retrieval import MISSING, build_channels, search_all
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--split", default="dev", help="query split to score (default: dev)")
     args = parser.parse_args(argv)
     report = channel_report(Lake(args.lake), args.work_dir, args.split)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    write_json(args.out, json_safe(report), indent=2)
     print_report(report)
     return report
 

@@ -22,7 +22,6 @@ end of its day, so a point-in-time join picks the newest snapshot before its eve
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import numpy as np
@@ -31,8 +30,9 @@ from feast import FeatureView, Field
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.types import Float32, Int64
 
+from pipelines.atomic import write_json
 from pipelines.signals.entities import PAIR
-from pipelines.signals.spec import Signal, SignalContext, signal_source, table_columns
+from pipelines.signals.spec import Signal, SignalContext, bounds, signal_source, table_columns
 from pipelines.signals.teacher_labels import teacher_labels_fv
 from pipelines.signals.training import training_judgments, training_queries
 from pipelines.simulation import BM25Ranker, ClickConfig, simulate
@@ -50,17 +50,20 @@ engagement_stats_fv = FeatureView(
     entities=PAIR,
     ttl=timedelta(days=7),
     schema=[
-        Field(name="impressions_7d", dtype=Int64, description="Times shown, last 7 days"),
-        Field(name="clicks_7d", dtype=Int64, description="Clicks, last 7 days"),
-        Field(name="impressions_30d", dtype=Int64, description="Times shown, last 30 days"),
-        Field(name="clicks_30d", dtype=Int64, description="Clicks, last 30 days"),
-        Field(name="carts_30d", dtype=Int64, description="Add-to-carts, last 30 days"),
-        Field(name="orders_30d", dtype=Int64, description="Orders, last 30 days"),
-        Field(name="ctr_smoothed_30d", dtype=Float32, description="Beta-smoothed CTR, last 30 days"),
-        Field(name="ctr_debiased_30d", dtype=Float32, description="Inverse-propensity CTR, last 30 days"),
+        Field(name="impressions_7d", dtype=Int64, description="Times shown in the last 7 days", tags=bounds(0)),
+        Field(name="clicks_7d", dtype=Int64, description="Clicks in the last 7 days", tags=bounds(0)),
+        Field(name="impressions_30d", dtype=Int64, description="Times shown in the last 30 days", tags=bounds(0)),
+        Field(name="clicks_30d", dtype=Int64, description="Clicks in the last 30 days", tags=bounds(0)),
+        Field(name="carts_30d", dtype=Int64, description="Add-to-carts in the last 30 days", tags=bounds(0)),
+        Field(name="orders_30d", dtype=Int64, description="Orders in the last 30 days", tags=bounds(0)),
+        Field(name="ctr_smoothed_30d", dtype=Float32, description="Clicks / impressions, 30 days, Beta prior",
+              tags=bounds(0, 1)),
+        Field(name="ctr_debiased_30d", dtype=Float32, description="Position-debiased CTR, 30 days (inverse propensity)",
+              tags=bounds(0, 1)),
     ],
     source=signal_source("engagement_stats"),
-    description="Daily engagement aggregates per pair; stale after a week without a new day.",
+    description=("Simulated engagement with a (query, item) pair over trailing 7- and 30-day windows, one"
+                 " snapshot a day; a snapshot older than 7 days (the TTL) reads as null."),
     tags={"signal": "engagement", "grain": "pair"},
 )
 COLUMNS = table_columns(engagement_stats_fv, PAIR)  # the table, in the order producers write it
@@ -80,10 +83,10 @@ def engagement_stats(ctx: SignalContext) -> pd.DataFrame:
     log = simulate(queries, ranker, training_judgments(ctx, queries), config, seed=ctx.seed)
     snapshots = QUICK_SNAPSHOTS if ctx.quick else SNAPSHOTS
     if cache is not None:  # the resolved settings next to the cached ranking they produced
-        (cache / "engagement_config.json").write_text(json.dumps({
+        write_json(cache / "engagement_config.json", {
             "click_model": config.to_dict(), "seed": ctx.seed, "queries": len(queries),
             "snapshots": snapshots, "prior_alpha": PRIOR_ALPHA, "prior_beta": PRIOR_BETA,
-            "max_ipw": MAX_IPW}, indent=2))
+            "max_ipw": MAX_IPW}, indent=2)
     return snapshot_table(log.events, pd.Timestamp(ctx.as_of), config.days, snapshots,
                           np.asarray(config.examination))
 

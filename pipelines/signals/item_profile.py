@@ -9,7 +9,7 @@ from feast import FeatureView, Field
 from feast.types import Float32, Int64, String
 
 from pipelines.signals.entities import item
-from pipelines.signals.spec import Signal, SignalContext, signal_source
+from pipelines.signals.spec import Signal, SignalContext, bounds, signal_source
 from pipelines.signals.training import training_judgments
 
 # Item attributes used by every reader (titles for display, popularity as a prior).
@@ -18,12 +18,14 @@ item_profile_fv = FeatureView(
     entities=[item],
     ttl=timedelta(days=3650),
     schema=[
-        Field(name="title", dtype=String, description="Catalog title"),
-        Field(name="title_tokens", dtype=Int64, description="Whitespace tokens in the title"),
-        Field(name="popularity", dtype=Float32, description="Share of training judged pairs holding the item"),
+        Field(name="title", dtype=String, description="Title in the catalog"),
+        Field(name="title_tokens", dtype=Int64, description="Words in the title", tags=bounds(0)),
+        Field(name="popularity", dtype=Float32,
+              description="Share of the training split's judged pairs that hold the item",
+              tags=bounds(0, 1)),
     ],
     source=signal_source("item_profile"),
-    description="Catalog attributes of an item.",
+    description="An item's catalog attributes: title, its length, and popularity among the training judgments.",
     tags={"grain": "item"},
 )
 

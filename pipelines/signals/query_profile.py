@@ -10,7 +10,7 @@ from feast import FeatureView, Field
 from feast.types import Int64, String
 
 from pipelines.signals.entities import query
-from pipelines.signals.spec import Signal, SignalContext, signal_source
+from pipelines.signals.spec import Signal, SignalContext, bounds, signal_source
 from pipelines.simulation import ClickConfig, query_frequency
 
 # Query attributes (traffic decides head/torso/tail buckets in evaluation).
@@ -19,13 +19,15 @@ query_profile_fv = FeatureView(
     entities=[query],
     ttl=timedelta(days=3650),
     schema=[
-        Field(name="query_text", dtype=String, description="Query as first seen"),
-        Field(name="query_tokens", dtype=Int64, description="Tokens in the normalized query"),
-        Field(name="frequency", dtype=Int64, description="Relative daily traffic"),
-        Field(name="frequency_bucket", dtype=String, description="head | torso | tail"),
+        Field(name="query_text", dtype=String, description="Query text as first seen"),
+        Field(name="query_tokens", dtype=Int64, description="Words in the normalized query", tags=bounds(0)),
+        Field(name="frequency", dtype=Int64, description="Searches per day (simulated where the data has none)",
+              tags=bounds(0)),
+        Field(name="frequency_bucket", dtype=String,
+              description="head (top half of traffic), torso (next 30%) or tail"),
     ],
     source=signal_source("query_profile"),
-    description="Attributes of a query.",
+    description="A query's attributes: text, length, traffic and traffic bucket (evaluation reports by bucket).",
     tags={"grain": "query"},
 )
 

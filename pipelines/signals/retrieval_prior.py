@@ -19,10 +19,11 @@ from feast import FeatureView, Field
 from feast.types import Float32, Int64
 from rich.console import Console
 
+from pipelines.atomic import atomic_path
 from pipelines.retrieval import build_channels, catalog_hash, search_all
 from pipelines.retrieval.fusion import prior_table
 from pipelines.signals.entities import PAIR
-from pipelines.signals.spec import Signal, SignalContext, signal_source, table_columns
+from pipelines.signals.spec import Signal, SignalContext, bounds, signal_source, table_columns
 from pipelines.signals.training import training_queries
 
 DEPTH = 100  # per channel and query
@@ -34,14 +35,20 @@ retrieval_prior_fv = FeatureView(
     entities=PAIR,
     ttl=timedelta(days=365),
     schema=[
-        Field(name="rank_bm25", dtype=Int64, description="BM25 rank, 1..100; 101 = absent"),
-        Field(name="rank_dense", dtype=Int64, description="Dense (MiniLM + FAISS) rank; 101 = absent"),
-        Field(name="rank_char", dtype=Int64, description="Character n-gram rank; 101 = absent"),
-        Field(name="fusion_score", dtype=Float32, description="Reciprocal-rank fusion of the channels"),
-        Field(name="agreement", dtype=Int64, description="Number of channels holding the item"),
+        Field(name="rank_bm25", dtype=Int64, description="Rank in BM25's top 100; 101 = not retrieved",
+              tags=bounds(1, 101)),
+        Field(name="rank_dense", dtype=Int64,
+              description="Rank in the dense (MiniLM + FAISS) top 100; 101 = not retrieved",
+              tags=bounds(1, 101)),
+        Field(name="rank_char", dtype=Int64, description="Rank in the character n-gram top 100; 101 = not retrieved",
+              tags=bounds(1, 101)),
+        Field(name="fusion_score", dtype=Float32, description="Reciprocal-rank fusion of the three ranks",
+              tags=bounds(0)),
+        Field(name="agreement", dtype=Int64, description="Channels (of 3) that retrieved the item", tags=bounds(0, 3)),
     ],
     source=signal_source("retrieval_prior"),
-    description="How strongly several retrieval channels agree on a pair.",
+    description=("How strongly three retrieval channels (BM25, dense, character n-grams) agree on a (query, item)"
+                 " pair: each channel's rank, their fusion and count; stamped at the run's as-of time."),
     tags={"signal": "prior", "grain": "pair"},
 )
 COLUMNS = table_columns(retrieval_prior_fv, PAIR)  # the table, in the order producers write it
@@ -68,8 +75,8 @@ def candidate_table(ctx: SignalContext, channels: dict, queries: pd.DataFrame, i
         console.print("  search seconds: " + ", ".join(f"{n} {s:.1f}" for n, s in seconds.items()))
     table = prior_table(hits, queries["query_id"].tolist())
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_parquet(path)
+        with atomic_path(path) as tmp:
+            table.to_parquet(tmp)
     return table
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from feast import Entity, FeatureView, FileSource
+from feast import Entity, FeatureView, Field, FileSource
 from feast.on_demand_feature_view import OnDemandFeatureView
 
 from pipelines.lake import Lake
@@ -35,6 +35,25 @@ def signal_source(name: str) -> FileSource:
         created_timestamp_column="created_timestamp",
         description=f"Table written by the {name} producer (pipelines/signals).",
     )
+
+
+def bounds(lo: float, hi: float | None = None) -> dict[str, str]:
+    """Field tags declaring a feature's valid range, lo <= value <= hi (hi None: no upper bound).
+
+    Declared beside the feature, `Field(name="grade_p2", dtype=Float32, tags=bounds(0, 1))`, so the
+    view stays the one definition: Feast keeps the tags in its registry and UI, and `signals build`
+    refuses a producer's table with a value outside them before writing it (pipelines.features.validate).
+    Null stays allowed: a feature may be unknown."""
+    def text(x: float) -> str:  # "0", "101", "0.25": exact, and readable in Feast's UI
+        return str(int(x)) if float(x).is_integer() else repr(float(x))
+    return {"min": text(lo)} | ({"max": text(hi)} if hi is not None else {})
+
+
+def declared_bounds(field: Field) -> tuple[float, float] | None:
+    """A feature's declared (lo, hi), hi = inf when open; None when it declares no range."""
+    if "min" not in field.tags and "max" not in field.tags:
+        return None
+    return float(field.tags.get("min", "-inf")), float(field.tags.get("max", "inf"))
 
 
 def table_columns(view: FeatureView, entities: list[Entity]) -> list[str]:

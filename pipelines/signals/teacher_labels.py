@@ -37,7 +37,6 @@ one `signals build` searches the catalog once for both producers.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import asdict
@@ -50,11 +49,12 @@ from feast import FeatureView, Field
 from feast.types import Float32, Int64, String
 from rich.console import Console
 
+from pipelines.atomic import write_json
 from pipelines.retrieval import build_channels
 from pipelines.retrieval.pair_features import PairScorer
 from pipelines.signals.entities import PAIR
 from pipelines.signals.retrieval_prior import candidate_table, retrieval_cache
-from pipelines.signals.spec import Signal, SignalContext, signal_source, table_columns
+from pipelines.signals.spec import Signal, SignalContext, bounds, signal_source, table_columns
 from pipelines.signals.training import training_judgments, training_queries
 from pipelines.teacher.calibrate import relevance_summary, teacher_role
 from pipelines.teacher.cascade import Teacher, TeacherConfig, fit_teacher
@@ -70,18 +70,26 @@ teacher_labels_fv = FeatureView(
     entities=PAIR,
     ttl=timedelta(days=365),
     schema=[
-        Field(name="grade_p0", dtype=Float32, description="P(grade = 0, irrelevant)"),
-        Field(name="grade_p1", dtype=Float32, description="P(grade = 1, partly relevant)"),
-        Field(name="grade_p2", dtype=Float32, description="P(grade = 2, relevant)"),
-        Field(name="grade_p3", dtype=Float32, description="P(grade = 3, exact match)"),
-        Field(name="expected_grade", dtype=Float32, description="Sum of grade x probability, 0..3"),
-        Field(name="confidence", dtype=Float32, description="Max grade probability"),
-        Field(name="teacher_stage", dtype=Int64, description="Cascade stage that labelled the pair"),
-        Field(name="teacher_version", dtype=String, description="Snapshot of the teacher run that wrote the row"),
-        Field(name="human_grade", dtype=Float32, description="Human relevance 1..3 where judged, else null"),
+        Field(name="grade_p0", dtype=Float32, description="Calibrated P(grade 0: irrelevant)", tags=bounds(0, 1)),
+        Field(name="grade_p1", dtype=Float32, description="Calibrated P(grade 1: partly relevant)", tags=bounds(0, 1)),
+        Field(name="grade_p2", dtype=Float32, description="Calibrated P(grade 2: relevant)", tags=bounds(0, 1)),
+        Field(name="grade_p3", dtype=Float32, description="Calibrated P(grade 3: exact match)", tags=bounds(0, 1)),
+        Field(name="expected_grade", dtype=Float32, description="Expected grade, 0..3: sum of grade x P(grade)",
+              tags=bounds(0, 3)),
+        Field(name="confidence", dtype=Float32, description="Largest of the four grade probabilities",
+              tags=bounds(0, 1)),
+        Field(name="teacher_stage", dtype=Int64,
+              description="Stage that labelled the pair: 1 gradient boosting, 2 cross-encoder",
+              tags=bounds(1, 2)),
+        Field(name="teacher_version", dtype=String,
+              description="Snapshot that wrote the row: teacher-v1 (stage 1) or teacher-v2 (cascade)"),
+        Field(name="human_grade", dtype=Float32, description="Human relevance 1..3 of a training judgment, else null",
+              tags=bounds(1, 3)),
     ],
     source=signal_source("teacher_labels"),
-    description="Graded relevance from the cross-encoder teacher cascade, calibrated.",
+    description=("Calibrated graded relevance (0 irrelevant .. 3 exact match) of a (query, item) pair from the"
+                 " teacher cascade: gradient boosting, then the cross-encoder where it is unsure. Two snapshots"
+                 " per run: teacher-v1 (stage 1 only) 14 days before the run's as-of time, teacher-v2 1 day before."),
     tags={"signal": "teacher", "grain": "pair"},
 )
 COLUMNS = table_columns(teacher_labels_fv, PAIR)  # the table, in the order producers write it
@@ -172,7 +180,7 @@ def teacher_labels(ctx: SignalContext, config: TeacherConfig | None = None) -> p
                "wall_seconds": {k: round(v, 1) for k, v in seconds.items()},
                "label_cpu_seconds": labels["seconds"],
                "fit_seconds": teacher.meta["seconds"], "config": asdict(config)}
-    (teacher_work_dir(ctx) / "labels_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json(teacher_work_dir(ctx) / "labels_summary.json", summary, indent=2, default=str)
     console.print(f"teacher: stage 2 on {summary['escalated']:,} of {len(pairs):,} pairs "
                   f"({summary['escalated_share']:.1%}); wall seconds {summary['wall_seconds']}")
     return pd.concat(frames, ignore_index=True)[COLUMNS]

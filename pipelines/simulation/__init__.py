@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.atomic import write_parquet
 from pipelines.simulation.clicks import (
     EMPTY,
     EXAMINATION,
@@ -86,7 +87,7 @@ class BM25Ranker:
         ids, _ = self.channel.search(texts, k=self.depth)
         ids = np.asarray(ids, dtype=object)
         if cached is not None:
-            pq.write_table(pa.table({"item_id": pa.array(ids.ravel().tolist(), pa.string())}), cached)
+            write_parquet(pa.table({"item_id": pa.array(ids.ravel().tolist(), pa.string())}), cached)
         return ids
 
     def _cache_path(self, texts: list[str]) -> Path | None:

@@ -89,6 +89,7 @@ from sklearn.metrics import cohen_kappa_score, confusion_matrix
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from pipelines.atomic import atomic_path
 from pipelines.retrieval.fusion import ABSENT
 from pipelines.teacher.grades import GRADES, RELEVANT_GRADE, cumulative, from_cumulative, p_relevant
 from pipelines.text import normalize_query
@@ -168,7 +169,8 @@ class GradeCalibrator:
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self.knots, path)
+        with atomic_path(path) as tmp:
+            joblib.dump(self.knots, tmp)
         return path
 
     @classmethod

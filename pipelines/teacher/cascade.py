@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
+from pipelines.atomic import atomic_path, write_json
 from pipelines.metrics import evaluate
 from pipelines.retrieval.pair_features import PairScorer
 from pipelines.teacher.calibrate import (
@@ -268,7 +269,7 @@ class Teacher:
         for name in ("calib1", "calib2", "calib_ce"):
             if getattr(self, name) is not None:
                 getattr(self, name).save(path / f"{name}.joblib")
-        (path / "teacher.json").write_text(json.dumps(self.meta, indent=2, default=str))
+        write_json(path / "teacher.json", self.meta, indent=2, default=str)  # last: it marks the set complete
         return path
 
     @classmethod
@@ -358,7 +359,8 @@ def _fit(fit: pd.DataFrame, calib: pd.DataFrame, scorer: PairScorer, out_dir: Pa
 
     held = calib[["query_id", "item_id", "relevance", "grade", "weight", *SELECTION_COLUMNS, "sampled",
                   "mass"]].assign(**_columns("raw1_", raw1), **_columns("ce_", ce))
-    held.to_parquet(out_dir / "calib_predictions.parquet")
+    with atomic_path(out_dir / "calib_predictions.parquet") as tmp:
+        held.to_parquet(tmp)
     meta = {"fingerprint": key, "config": asdict(config), "cost1_cpu_per_pair": cost1,
             "cost_ce_cpu_per_pair": cost_ce, "fit_pairs": len(fit), "calib_pairs": len(calib),
             "calib_sampled_candidates": int(calib["sampled"].sum()),

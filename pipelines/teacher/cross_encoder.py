@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from pipelines.atomic import atomic_path, write_json
 from pipelines.modeling.encoder import bf16_is_fast, mean_pool
 from pipelines.settings import available_cores
 from pipelines.teacher.grades import GRADES, from_cumulative
@@ -156,11 +157,13 @@ class CrossEncoder(nn.Module):
         return cls(encoder, tokenizer, head, config.max_length, config.bf16, config.threads).eval()
 
     def save(self, path: Path | str, config: CrossEncoderConfig) -> Path:
+        """The HF model directory, the head and the config, replaced as one directory."""
         path = Path(path)
-        self.encoder.save_pretrained(path / "model")
-        self.tokenizer.save_pretrained(path / "model")
-        torch.save(self.head.state_dict(), path / "head.pt")
-        (path / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+        with atomic_path(path) as tmp:
+            self.encoder.save_pretrained(tmp / "model")
+            self.tokenizer.save_pretrained(tmp / "model")
+            torch.save(self.head.state_dict(), tmp / "head.pt")
+            (tmp / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
         return path
 
     def forward(self, queries: Sequence[str], titles: Sequence[str]) -> torch.Tensor:
@@ -284,5 +287,5 @@ def train_cross_encoder(queries: Sequence[str], titles: Sequence[str], grades: S
     stats = {"steps": step, "pairs_seen": seen, "train_pairs": len(grades),
              "seconds": round(time.perf_counter() - start, 1),
              "cpu_seconds": round(time.process_time() - cpu_start, 1), "loss_log": log}
-    (Path(out_dir) / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    write_json(Path(out_dir) / "train_stats.json", stats, indent=2)
     return model, stats

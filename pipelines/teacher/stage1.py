@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from pipelines.atomic import atomic_path
 from pipelines.retrieval.pair_features import FEATURES
 from pipelines.teacher.grades import GRADES
 
@@ -62,7 +63,8 @@ class Stage1:
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        joblib.dump({"model": self.model, "config": asdict(self.config)}, path)
+        with atomic_path(path) as tmp:
+            joblib.dump({"model": self.model, "config": asdict(self.config)}, tmp)
         return path
 
     @classmethod
