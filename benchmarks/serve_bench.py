@@ -22,8 +22,13 @@ average. The client shares the 2 cores, so its CPU is reported too.
 Then, with the server idle, one query's 100 returned pairs looked up in this process through
 OnlineFeatures (the service's path) and Feast's get_online_features(...).to_df().
 
---soak-minutes N: N more minutes at concurrency 8; passes with zero errors and < 10% growth of
-the server processes' RSS over the soak (first sample after one minute).
+--soak-minutes N (issue 18's soak: `--endpoint search --soak-minutes 30`): N more minutes at
+concurrency 8, /retrieve and (with --endpoint search) /search requests interleaved, in windows of
+--soak-every minutes (5); every window after the first starts, beside the load, a `unisup materialize
+--full` into the service's Redis and then POST /admin/reload switching the served index between the
+benchmark's and a second one of the other kind. Per window: requests, errors, p50 / p99 per endpoint,
+server RSS. Passes with zero errors, every materialize and reload succeeding, and < 10% growth of the
+server processes' RSS from the end of the first window to the end of the last.
 
 A level with failed requests or none at all, a lookup path that raises, or a failed soak is listed
 under "failed" in the JSON and makes the script exit 1. --quick is a smoke run of every level and
@@ -44,8 +49,10 @@ import os
 import random
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -56,6 +63,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import (
+    ROOT,
     add_run_args,
     finish,
     free_port,
@@ -94,6 +102,7 @@ def build(root: Path, online: str, items: int, queries: int, kind: str, seed: in
     from pipelines.features.produce import view_schema
     from pipelines.features.redis_fast import materialize_redis
     from pipelines.features.repo import apply, feature_store
+    from pipelines.features.watermark import record_watermarks
     from pipelines.index.build import IndexConfig, build_index
     from pipelines.index.fit_blend import fit_blend
     from pipelines.index.store import load_encoder, load_index
@@ -126,7 +135,8 @@ def build(root: Path, online: str, items: int, queries: int, kind: str, seed: in
                           **feature_columns(view, len(frame), rng)})
         schema = view_schema(view)
         pq.write_table(table.select(schema.names).cast(schema), table_path(ws, view))
-    materialize_redis(ws, end=now.to_pydatetime(), incremental=False, dedup=False)
+    stats = materialize_redis(ws, end=now.to_pydatetime(), incremental=False, dedup=False)
+    record_watermarks(ws, list(stats.views), {})  # what `unisup materialize` records: the service checks it
     fit_blend(ws, loaded.path)
     if ranker:
         from pipelines.ranking.config import RankerDataConfig, RankerTrainConfig
@@ -136,6 +146,17 @@ def build(root: Path, online: str, items: int, queries: int, kind: str, seed: in
                      RankerTrainConfig(epochs=1, seed=seed))
     pairs = {q: list(g) for q, g in keys[("query_id", "item_id")].groupby("query_id", sort=False)["item_id"]}
     return ws, manifest, lake_queries["query_text"].tolist(), pairs
+
+
+def second_index(ws, kind: str) -> str:
+    """Another index of the same catalog (the other kind), for the soak's reloads to switch between; built
+    after the levels, since the service would otherwise start on the newest."""
+    from pipelines.index.build import IndexConfig, build_index
+    from pipelines.index.fit_blend import fit_blend
+
+    manifest = build_index(ws, IndexConfig(kind="hnsw" if kind == "flat" else "flat"))
+    fit_blend(ws, ws.indexes_dir / manifest.index_version)
+    return manifest.index_version
 
 
 class ServerProcess(ServiceProcess):
@@ -156,9 +177,9 @@ class ServerProcess(ServiceProcess):
         return cpu, rss
 
 
-async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, warmup: float) -> list[tuple]:
-    """Keep `concurrency` requests to the endpoint `url` in flight for warmup + seconds; (latency s,
-    status, Server-Timing, encode batch) of each request sent after the warm-up."""
+async def load(targets: list[tuple[str, bytes]], concurrency: int, seconds: float, warmup: float) -> list[tuple]:
+    """Keep `concurrency` requests in flight for warmup + seconds, cycling through (url, body) `targets`;
+    (latency s, status, Server-Timing, encode batch, url) of each request sent after the warm-up."""
     import aiohttp
 
     records: list[tuple] = []
@@ -169,7 +190,7 @@ async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, 
         async def worker(w: int) -> None:
             i = w
             while time.perf_counter() < end:
-                body, i = bodies[i % len(bodies)], i + concurrency
+                (url, body), i = targets[i % len(targets)], i + concurrency
                 t0 = time.perf_counter()
                 try:
                     async with session.post(url, data=body) as resp:
@@ -179,7 +200,7 @@ async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, 
                 except aiohttp.ClientError as exc:
                     status, timing, batch = f"{type(exc).__name__}", "", 0
                 if t0 >= start:
-                    records.append((time.perf_counter() - t0, status, timing, batch))
+                    records.append((time.perf_counter() - t0, status, timing, batch, url))
 
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
     return records
@@ -200,7 +221,7 @@ def run_level(server: ServerProcess, endpoint: str, bodies: list[bytes], concurr
               warmup: float) -> dict:
     stage_names = ENDPOINTS[endpoint]["stages"]
     (cpu0, _), client0, load0 = server.usage(), _cpu(), os.getloadavg()[0]
-    records = asyncio.run(load(f"{server.url}/{endpoint}", bodies, concurrency, seconds, warmup))
+    records = asyncio.run(load([(f"{server.url}/{endpoint}", b) for b in bodies], concurrency, seconds, warmup))
     (cpu1, _), client1 = server.usage(), _cpu()
     ok = [r for r in records if r[1] == 200]
     stages = stage_ms([r[2] for r in ok])
@@ -251,17 +272,57 @@ def lookup_paths(ws, pairs: dict[str, list[str]], iterations: int) -> list[dict]
     return out
 
 
-def soak(server: ServerProcess, endpoint: str, bodies: list[bytes], minutes: float) -> dict:
-    """`minutes` at concurrency 8 in one-minute rounds, the server's RSS sampled after each."""
-    rss, errors, requests = [], 0, 0
-    for _ in range(max(1, round(minutes))):
-        records = asyncio.run(load(f"{server.url}/{endpoint}", bodies, 8, 60 * minutes / max(1, round(minutes)), 0))
-        requests += len(records)
-        errors += sum(r[1] != 200 for r in records)
-        rss.append(round(server.usage()[1], 1))
+def soak(server: ServerProcess, ws, targets: list[tuple[str, bytes]], minutes: float, every: float,
+         indexes: list[str]) -> dict:
+    """`minutes` at concurrency 8 over `targets` (both endpoints' requests interleaved), in windows of
+    `every` minutes. From the second window on, each window starts a `unisup materialize --full` into the
+    service's Redis and, once it is done, POST /admin/reload to the next of `indexes`, both while the load
+    runs. Per window: requests, errors, p50 / p99 per endpoint, the server's RSS at its end, the events."""
+    windows, events = [], []
+    for w in range(max(1, round(minutes / every))):
+        event: dict = {}
+        side = threading.Thread(target=_materialize_and_reload, args=(server, ws, indexes[w % len(indexes)], event))
+        if w > 0:
+            side.start()
+        records = asyncio.run(load(targets, 8, 60 * every, 0))
+        if w > 0:
+            side.join()
+            events.append(event)
+        windows.append({"window": w, "minutes": [round(w * every, 2), round((w + 1) * every, 2)],
+                        "requests": len(records), "errors": sum(r[1] != 200 for r in records),
+                        "error_kinds": sorted({str(r[1]) for r in records if r[1] != 200}),
+                        "by_endpoint": {url.rsplit("/", 1)[1]: _summary([r[0] for r in records
+                                                                          if r[4] == url and r[1] == 200])
+                                        for url in sorted({t[0] for t in targets})},
+                        "rss_mb": round(server.usage()[1], 1), "event": event or None})
+    rss = [w["rss_mb"] for w in windows]
     growth = (rss[-1] - rss[0]) / rss[0] * 100 if len(rss) > 1 else 0.0
-    return {"minutes": minutes, "requests": requests, "errors": errors, "rss_mb": rss,
-            "rss_growth_percent": round(growth, 2), "pass": errors == 0 and growth < 10}
+    errors = sum(w["errors"] for w in windows)
+    events_ok = all(e.get("materialize_exit") == 0 and e.get("reload_status") == 200 for e in events)
+    return {"minutes": minutes, "every_minutes": every, "concurrency": 8, "windows": windows,
+            "requests": sum(w["requests"] for w in windows), "errors": errors, "rss_mb": rss,
+            "rss_growth_percent": round(growth, 2), "pass": errors == 0 and growth < 10 and events_ok}
+
+
+def _summary(seconds: list[float]) -> dict:
+    return latency_summary(seconds) if seconds else {}
+
+
+def _materialize_and_reload(server: ServerProcess, ws, index: str, event: dict) -> None:
+    """One soak event, recorded into `event`: a full materialize (a child `unisup` process, as an
+    operator runs it), then a switch of the served index."""
+    import httpx
+
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "--workspace", str(ws.root), "--online", ws.online,
+                           "--repo", str(ws.repo_dir), "materialize", "--full"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    event.update(materialize_exit=done.returncode, materialize_s=round(time.perf_counter() - t0, 1))
+    t0 = time.perf_counter()
+    answer = httpx.post(f"{server.url}/admin/reload", json={"index": index}, timeout=600)
+    event.update(reload_to=index, reload_status=answer.status_code, reload_s=round(time.perf_counter() - t0, 1))
+    if answer.status_code != 200:
+        event["reload_answer"] = answer.text[:300]
 
 
 def main() -> None:
@@ -277,7 +338,10 @@ def main() -> None:
     ap.add_argument("--lanes", type=int, default=SERVE["lanes"].default,
                     help=f"{SERVE['lanes'].description} (UNISUP_LANES)")
     ap.add_argument("--lookups", type=int, default=500, help="timed calls per lookup path")
-    ap.add_argument("--soak-minutes", type=float, default=0, help="opt-in soak at concurrency 8 (e.g. 10)")
+    ap.add_argument("--soak-minutes", type=float, default=0,
+                    help="opt-in soak at concurrency 8 after the levels (e.g. 30; --endpoint search: both endpoints)")
+    ap.add_argument("--soak-every", type=float, default=5,
+                    help="soak window in minutes; each after the first starts a materialize --full and a reload")
     ap.add_argument("--endpoint", choices=sorted(ENDPOINTS), default="retrieve",
                     help="retrieve: k=100 with features; search: k=10 of n=200 through a ranker trained on the lake")
     ap.add_argument("--seed", type=int, default=0)
@@ -287,6 +351,7 @@ def main() -> None:
         a.duration, a.warmup = min(a.duration, 1), min(a.warmup, 0.5)
         a.items, a.queries, a.lookups = min(a.items, 400), min(a.queries, 80), min(a.lookups, 20)
         a.soak_minutes = min(a.soak_minutes, 1)
+        a.soak_every = min(a.soak_every, a.soak_minutes / 2)
     a.workers = a.workers or (1 if a.quick else SERVE["workers"].default)
     # what the server will use, as it resolves it (the flag, else THREADS / WORKERS)
     a.torch_threads = Settings.load(workers=a.workers, torch_threads=a.torch_threads).encoder_threads
@@ -306,13 +371,24 @@ def main() -> None:
             rng.shuffle(bodies)
             server = ServerProcess(ws, free_port(), tmp / "server.log",
                                    env={"UNISUP_TORCH_THREADS": str(a.torch_threads),
-                                        "UNISUP_WORKERS": str(a.workers), "UNISUP_LANES": str(a.lanes)})
+                                        "UNISUP_WORKERS": str(a.workers), "UNISUP_LANES": str(a.lanes),
+                                        "UNISUP_ADMIN_RELOAD": str(a.soak_minutes > 0).lower()})
             server.wait_ready()
             levels = []
             for c in LEVELS:
                 print(f"concurrency {c}: {a.warmup:g}s warm-up + {a.duration:g}s ...", flush=True)
                 levels.append(run_level(server, a.endpoint, bodies, c, a.duration, a.warmup))
-            soaked = soak(server, a.endpoint, bodies, a.soak_minutes) if a.soak_minutes > 0 else None
+            soaked = None
+            if a.soak_minutes > 0:
+                second = second_index(ws, a.index_kind)
+                endpoints = ["retrieve", "search"] if a.endpoint == "search" else ["retrieve"]
+                targets = [(f"{server.url}/{e}", json.dumps({"query": t, **ENDPOINTS[e]["body"]}).encode())
+                           for t in texts for e in endpoints]
+                random.Random(a.seed).shuffle(targets)
+                print(f"soak: {a.soak_minutes:g} min at concurrency 8 on {endpoints}, a materialize and a reload "
+                      f"every {a.soak_every:g} min ...", flush=True)
+                soaked = soak(server, ws, targets, a.soak_minutes, a.soak_every,
+                              [manifest.index_version, second])
             server.stop()
             server = None
             lookups = lookup_paths(ws, pairs, a.lookups)
@@ -372,9 +448,19 @@ def report(a, out: Path, manifest, levels: list[dict], lookups: list[dict], soak
                 [(r["path"], *(r[k] for k in ("p50_ms", "p99_ms", "mean_ms"))) if "p50_ms" in r
                  else (r["path"], r["error"], "", "") for r in lookups])
     if soaked:
-        print(f"soak {soaked['minutes']} min at concurrency 8: {soaked['requests']:,} requests, {soaked['errors']} "
-              f"errors, server RSS {soaked['rss_mb'][0]} -> {soaked['rss_mb'][-1]} MB "
-              f"({soaked['rss_growth_percent']:+.1f}%): {'pass' if soaked['pass'] else 'FAIL'}")
+        endpoints = list(soaked["windows"][0]["by_endpoint"])
+        print_table(f"soak: {soaked['minutes']:g} min at concurrency 8, a materialize --full and a reload every "
+                    f"{soaked['every_minutes']:g} min", ["minutes", "requests", "errors",
+                                                         *(f"{e} p50 / p99 ms" for e in endpoints), "RSS MB", "event"],
+                    [(f"{w['minutes'][0]:g}-{w['minutes'][1]:g}", w["requests"], w["errors"],
+                      *(f"{w['by_endpoint'][e].get('p50_ms', '-')} / {w['by_endpoint'][e].get('p99_ms', '-')}"
+                        for e in endpoints), w["rss_mb"],
+                      "" if not w["event"] else f"materialize {w['event']['materialize_s']} s (exit "
+                      f"{w['event']['materialize_exit']}), reload -> {w['event']['reload_to']} "
+                      f"{w['event']['reload_status']} in {w['event']['reload_s']} s") for w in soaked["windows"]])
+        print(f"soak: {soaked['requests']:,} requests, {soaked['errors']} errors, server RSS {soaked['rss_mb'][0]} "
+              f"-> {soaked['rss_mb'][-1]} MB ({soaked['rss_growth_percent']:+.1f}%): "
+              f"{'pass' if soaked['pass'] else 'FAIL'}")
     print("targets: " + ", ".join(f"{k} {met[k]} (target {TARGETS[k]}) {'ok' if checks[k] else 'MISSED'}"
                                   for k in TARGETS))
     finish(path, failed)

@@ -235,6 +235,9 @@ def materialize_cmd(
         report = materialize(ws, incremental=not full, end=end_ts)
     console.print(f"materialized {report.views} up to {report.end:%Y-%m-%d %H:%M:%S} "
                   f"into {ws.online} in {report.seconds:.1f}s")
+    if report.refilled:
+        console.print(f"loaded in full (the online store had no watermark for them: new, flushed or emptied): "
+                      f"{report.refilled}")
 
 
 @dataset_app.command("build")
@@ -411,6 +414,7 @@ def serve_cmd(
     ctx: typer.Context,
     index: Path | None = setting("index"),
     model_dir: Path | None = setting("model_dir"),
+    admin_reload: bool | None = setting("admin_reload"),
     host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless you mean otherwise)"),
     port: int = typer.Option(3000),
 ) -> None:
@@ -421,7 +425,7 @@ def serve_cmd(
     with friendly_errors():  # what the service will load, checked here for a one-line error
         settings = Settings.load(**{**ctx.obj.model_dump(), "workspace": ctx.obj.workspace.resolve(),
                                     "repo": ctx.obj.repo.resolve(), "index": index and index.resolve(),
-                                    "model_dir": model_dir and model_dir.resolve()})
+                                    "model_dir": model_dir and model_dir.resolve(), "admin_reload": admin_reload})
         manifest = check_servable(settings.as_workspace(), settings.index)
     env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, **settings.environment()}
     console.print(f"serving index {manifest.index_version} (model {manifest.model_version}) "

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
                                               "each on its own thread (serving/batcher.py)")
     online_timeout: PositiveFloat = Field(0.5, description="Seconds an online read may take before an "
                                                            "answer degrades")
+    store_check_seconds: PositiveFloat = Field(2.0, description="Seconds between a service process's checks "
+                                                                "of the online store's materialization watermark "
+                                                                "(missing or stale views)")
+    admin_reload: bool = Field(False, description="Enable POST /admin/reload (loopback clients only): load an "
+                                                  "index / ranker beside the serving ones and switch to them")
 
     @field_validator("online")
     @classmethod

@@ -1,5 +1,6 @@
 """The service in a child process, for tests, benchmarks and notebooks: `unisup serve` started
-with a workspace, waited on until /readyz answers, stopped by its id.
+with a workspace, waited on until /readyz answers, stopped by its id; and Load, concurrent
+clients to keep it busy while a test changes something under it.
 
 `unisup serve` execs `bentoml serve`, so the child's id is the server's and terminating it stops
 BentoML's workers too.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -65,3 +67,38 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class Load:
+    """One thread per (endpoint, body) posting to a running service until `join`, each on its own
+    keep-alive connection; keeps every answer as (monotonic time, endpoint, JSON) and every failure
+    (anything but 200, or no answer) as (endpoint, status or error, text)."""
+
+    def __init__(self, url: str, requests: list[tuple[str, dict]]):
+        self.url, self.answers, self.failures = url, [], []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=request, daemon=True) for request in requests]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, endpoint: str, body: dict) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post(f"{self.url}/{endpoint}", json=body)
+                except httpx.HTTPError as exc:
+                    self.failures.append((endpoint, type(exc).__name__, str(exc)))
+                    continue
+                if response.status_code == 200:
+                    self.answers.append((time.monotonic(), endpoint, response.json()))
+                else:
+                    self.failures.append((endpoint, response.status_code, response.text[:500]))
+
+    def since(self, t: float) -> list[tuple[str, dict]]:
+        """(endpoint, answer) of the answers received after monotonic time t."""
+        return [(endpoint, body) for at, endpoint, body in list(self.answers) if at > t]
+
+    def join(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)

@@ -9,7 +9,10 @@ and blend are per request (`answer`).
 If the online store fails (Redis down, a timeout, anything), the answer still comes from the index:
 features null, scores from the blend with no features (the model score's order), `degraded: true`.
 The first failure and the recovery are logged once each, not per request; the Redis client
-reconnects by itself, so the next request after Redis returns gets features again.
+reconnects by itself, so the next request after Redis returns gets features again. A store that
+answers but has lost data (flushed, restarted empty: no error, only nulls) is caught by the
+background watermark check (serving/store_watch.py): answers then say `degraded: true` and name
+the lost views in `missing_views`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from redis.retry import Retry
 
 from pipelines.features.dataset import definitions_hash
 from pipelines.features.online import OnlineFeatures
+from pipelines.features.watermark import StoreCheck
 from pipelines.index.blend import Blend
 from pipelines.index.store import find_index, load_encoder, load_index, search
 from pipelines.settings import Settings
@@ -136,8 +140,10 @@ class LoadedRetriever:
         return [Found(rows[i, :k], scores[i, :k], len(requests), (t1 - t0) * 1000, (t2 - t1) * 1000)
                 for i, (_, k) in enumerate(requests)]
 
-    def answer(self, query: str, norm: str, found: Found, with_features: bool, timings: Timings) -> RetrieveResponse:
-        """The response for one request's search result: features looked up and blended, best first."""
+    def answer(self, query: str, norm: str, found: Found, with_features: bool, timings: Timings,
+               store: StoreCheck) -> RetrieveResponse:
+        """The response for one request's search result: features looked up and blended, best first;
+        `store` is the last watermark check (serving/store_watch.py), naming views the store lost."""
         t = time.perf_counter()
         keep = found.rows >= 0  # FAISS pads with -1 when k exceeds the catalog
         rows, model_scores = found.rows[keep], found.scores[keep].astype(np.float64)
@@ -151,9 +157,11 @@ class LoadedRetriever:
                                      model_score=float(model_scores[i]), features=_row(columns, i))
                  for i in order]
         timings.add("blend", t)
+        missing = store.missing(self.online.views)
         return RetrieveResponse.model_construct(
             query=query, query_norm=norm, query_id=qid, k=len(found.rows), items=items, versions=self.versions,
-            degraded=with_features and columns is None)
+            degraded=with_features and (columns is None or bool(missing)), missing_views=missing,
+            stale_views=store.stale(self.online.views))
 
     def lookup(self, qid: str, item_ids: Sequence[str]) -> dict[str, list] | None:
         """One batched online read of every (query, item) pair, or None if the store failed."""

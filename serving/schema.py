@@ -75,7 +75,14 @@ class RetrieveResponse(bentoml.IODescriptor):
     k: int
     items: list[Hit]
     versions: Versions
-    degraded: bool = Field(description="true when features were wanted but the online store failed")
+    degraded: bool = Field(description="true when features were wanted but the online store failed or has "
+                                       "lost views they come from")
+    missing_views: list[str] = Field(default_factory=list, description=(
+        "Views of this answer's feature service the online store has lost (flushed, restarted empty, evicted: "
+        "pipelines/features/watermark.py); their features are null and degraded is true"))
+    stale_views: list[str] = Field(default_factory=list, description=(
+        "Views whose online values are older than their ttl or than the registry's materialization end: "
+        "served, but old (GET /metadata says which and why)"))
 
 
 MAX_SEARCH_K = 100
@@ -134,4 +141,21 @@ class SearchResponse(bentoml.IODescriptor):
     candidates: int = Field(description="Candidates scored")
     items: list[Ranked]
     versions: SearchVersions
-    degraded: bool = Field(description="true when the online store failed: ranked on request-time features only")
+    degraded: bool = Field(description="true when the online store failed (ranked on request-time features "
+                                       "only) or has lost views the ranker's features come from")
+    missing_views: list[str] = Field(default_factory=list, description=(
+        "Views of this answer's feature service the online store has lost (flushed, restarted empty, evicted: "
+        "pipelines/features/watermark.py); their features are null and degraded is true"))
+    stale_views: list[str] = Field(default_factory=list, description=(
+        "Views whose online values are older than their ttl or than the registry's materialization end: "
+        "served, but old (GET /metadata says which and why)"))
+
+
+class ReloadRequest(BaseModel):
+    """POST /admin/reload body (empty = the index the service would load at start, the configured ranker)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    index: str | None = Field(None, description="Index version: a directory name under WORKSPACE/indexes "
+                                                "(default: the configured index, else the newest)")
+    ranker: str | None = Field(None, description="Ranker for /search, NAME[@VARIANT] (default: the configured one)")

@@ -4,6 +4,7 @@ normalize -> candidates (rrf:VERSION top n) -> request-time pair features -> ONE
 lookup of `ranker_online` for the n pairs -> ranker -> value model -> top k. When the online store
 fails the stack ranks on request-time features alone and the answer says `degraded: true`; the
 client fails fast (the retriever's timeouts, no retries) and reconnects by itself on a later request.
+Views the store has lost (serving/store_watch.py) degrade the answer too and are named in `missing_views`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from datetime import UTC, datetime
 
 from pipelines.features.dataset import definitions_hash
+from pipelines.features.watermark import StoreCheck
 from pipelines.ranking.search import SearchStack
 from pipelines.ranking.store import CUMULATIVE
 from pipelines.settings import Settings
@@ -37,9 +40,11 @@ class LoadedSearch:
             ranker=versions["ranker"], ranker_created=versions["created"], candidates=versions["candidates"],
             feature_service=versions["feature_service"],
             feature_definitions=definitions_hash(self.stack.online.store, self.stack.online.service)[:12])
-        self.search("warm up", k=1, n=10, explain=False, timings=Timings())  # one-off allocations
+        self.search("warm up", k=1, n=10, explain=False, timings=Timings(),  # one-off allocations
+                    store=StoreCheck(datetime.now(UTC)))
 
-    def search(self, query: str, k: int, n: int, explain: bool, timings: Timings) -> SearchResponse:
+    def search(self, query: str, k: int, n: int, explain: bool, timings: Timings, store: StoreCheck) -> SearchResponse:
+        """The top k of n candidates; `store` is the last watermark check, naming views the store lost."""
         norm = normalize_query(query)
         qid = query_id(norm)
         ranked = self.stack.rank([norm], [qid], n=n, progress=False, degrade=True)
@@ -57,9 +62,12 @@ class LoadedSearch:
             features={c: _plain(row[c]) for c in inputs} if explain else None)
             for row in top.to_dict("records")]
         timings.add("respond", t)
+        views = self.stack.online.views
+        missing = store.missing(views)
         return SearchResponse.model_construct(query=query, query_norm=norm, query_id=qid, k=len(items),
                                               candidates=len(ranked.rows), items=items, versions=self.versions,
-                                              degraded=ranked.degraded)
+                                              degraded=ranked.degraded or bool(missing), missing_views=missing,
+                                              stale_views=store.stale(views))
 
 
 def _plain(value) -> float | None:

@@ -98,12 +98,22 @@ def test_serve_bench_quick(tmp_path, redis_server):
                                                    "Feast get_online_features(...).to_df()"])
 
 
-@pytest.mark.slow  # ~2 min: serve_bench's workspace plus a quick ranker
+@pytest.mark.slow  # ~3 min: serve_bench's workspace plus a quick ranker, then a 30 s soak
 def test_serve_bench_search_quick(tmp_path, redis_server):
-    data = run_quick("serve_bench.py", tmp_path / "search.json", redis_server, "--endpoint", "search")
+    """Both endpoints under load, then the soak's two 15 s windows: the second starts a materialize --full and
+    a reload to the other index beside the load; no request fails and both events succeed."""
+    data = run_quick("serve_bench.py", tmp_path / "search.json", redis_server, "--endpoint", "search",
+                     "--soak-minutes", "0.5")
     assert data["endpoint"] == "search" and data["request"] == {"k": 10, "n": 200}
     assert all(lv["requests"] > 0 and lv["errors"] == 0 for lv in data["levels"])
     assert all(lv["stages_ms"]["rank"] > 0 and lv["stages_ms"]["lookup"] > 0 for lv in data["levels"])
+    soak = data["soak"]
+    assert soak["errors"] == 0 and len(soak["windows"]) == 2
+    assert all(w["by_endpoint"]["retrieve"]["calls"] > 0 and w["by_endpoint"]["search"]["calls"] > 0
+               for w in soak["windows"])
+    event = soak["windows"][1]["event"]
+    assert event["materialize_exit"] == 0 and event["reload_status"] == 200
+    assert event["reload_to"].endswith("-hnsw")
 
 
 @pytest.mark.slow  # ~4.5 min on 2 shared cores: eight `unisup` steps, each run, killed and run again

@@ -35,6 +35,7 @@ from pipelines.features.online import OnlineFeatures
 from pipelines.features.produce import view_schema
 from pipelines.features.redis_fast import RedisFeatureReader, materialize_redis, write_view
 from pipelines.features.repo import apply, feature_store
+from pipelines.features.watermark import WATERMARK_KEY
 from pipelines.signals.spec import table_path
 from pipelines.workspace import Workspace
 
@@ -50,7 +51,7 @@ def db_url(server, db: int) -> str:
 
 def dump(client: redis.Redis) -> dict:
     """Every key of a Redis db with its raw hash (field -> value bytes)."""
-    keys = list(client.scan_iter(count=1000))
+    keys = [k for k in client.scan_iter(count=1000) if k != WATERMARK_KEY]  # unisup's own record, not Feast's
     pipe = client.pipeline(transaction=False)
     for k in keys:
         pipe.hgetall(k)

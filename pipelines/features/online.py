@@ -8,6 +8,7 @@ fetched values through the same function as in training sets.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import pandas as pd
 
@@ -30,6 +31,19 @@ class OnlineFeatures:
             from pipelines.features.redis_fast import RedisFeatureReader
 
             self.reader = RedisFeatureReader(ws, service, store=self.store)
+
+    @cached_property
+    def views(self) -> frozenset[str]:
+        """The batch views the service reads, directly or through its on-demand views: the views
+        whose absence from the online store leaves this service's features null."""
+        batch = {fv.name for fv in self.store.list_feature_views()}
+        names = set()
+        for projection in self.service.feature_view_projections:
+            if projection.name in batch:
+                names.add(projection.name)
+            else:
+                names |= set(self.store.get_on_demand_feature_view(projection.name).source_feature_view_projections)
+        return frozenset(names & batch)
 
     @property
     def feature_names(self) -> list[str]:

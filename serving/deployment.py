@@ -1,0 +1,184 @@
+"""What a service process serves — one Bundle of loaded versions at a time — and switching it
+without downtime.
+
+A Bundle is everything a request reads: the retriever (encoder, index, blend) with its own
+batcher, and the /search stack. A request takes `deployment.current` once and uses that bundle
+to the end, so every answer comes from one consistent set of versions however a reload
+interleaves; the batcher belongs to the bundle, so a batch never mixes encoders or indexes.
+
+A reload loads the new Bundle beside the serving one (on a worker thread: requests go on), then
+switches the one reference. Requests in flight finish on the bundle they hold; the old bundle is
+freed when the last of them lets go (only its description stays, in the history /metadata shows).
+
+Why a pointer file as well as POST /admin/reload: BentoML runs `workers` processes behind one
+socket, and a POST reaches one of them. That process loads and switches (or answers 4xx and
+switches nothing), then writes WORKSPACE/serving/current.json; every process reads that small file
+every POLL_SECONDS and follows a change. The file also makes a switch outlive a restart (a
+rollback stays rolled back), and an operator may write it by hand: {"index": VERSION, "ranker": NAME}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipelines.atomic import write_text
+from pipelines.index.store import MANIFEST_FILE, IndexNotFound, find_index
+from pipelines.settings import Settings
+from serving.batcher import MicroBatcher
+from serving.retriever import LoadedRetriever
+from serving.schema import MAX_BATCH
+from serving.search import LoadedSearch
+from serving.store_watch import StoreWatch, every
+
+logger = logging.getLogger("unisup.serving")
+
+POINTER = Path("serving") / "current.json"  # in the workspace
+POLL_SECONDS = 1.0
+HISTORY = 10  # previous bundles described in /metadata
+
+
+def _plain(name: str) -> bool:
+    """A bare directory name: no path, nothing hidden (what an index version or ranker name is)."""
+    return name == Path(name).name and not name.startswith(".")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class ReloadRefused(Exception):
+    """A switch that cannot be made, with the HTTP status to answer (4xx); nothing was switched."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Bundle:
+    """One consistent set of loaded versions: retriever + its batcher, and the /search stack if its
+    ranker loads (without one /retrieve still serves, and /search says why it cannot)."""
+
+    def __init__(self, settings: Settings, index: Path, ranker: str):
+        model_dir = settings.model_dir if index == settings.index else None  # MODEL_DIR goes with the configured index
+        loading = settings.model_copy(update={"index": index, "ranker": ranker, "model_dir": model_dir})
+        self.retriever = LoadedRetriever(loading)
+        self.batcher = MicroBatcher(self.retriever.find, max_batch=MAX_BATCH, lanes=settings.lanes)
+        self.ranker, self.searcher, self.search_error = ranker, None, None
+        try:
+            self.searcher = LoadedSearch(loading)
+        except (LookupError, FileNotFoundError) as exc:
+            self.search_error = str(exc)
+        self.views = self.retriever.online.views | (self.searcher.stack.online.views if self.searcher else set())
+        self.loaded_at = _now()
+
+    def describe(self) -> dict:
+        return {"index": self.retriever.versions.index, "ranker": self.ranker, "loaded_at": self.loaded_at,
+                "versions": self.retriever.versions.model_dump(),
+                "search_versions": self.searcher.versions.model_dump() if self.searcher else None,
+                "search_error": self.search_error}
+
+
+class Deployment:
+    """The bundle this process serves (`current`), how it got there, and the online store's state."""
+
+    def __init__(self, settings: Settings):
+        self.settings, self.ws = settings, settings.as_workspace()
+        self.pointer = self.ws.root / POINTER
+        self._lock = threading.Lock()  # one load at a time: a POST and the pointer poll never race
+        self.applied = self._pointer_text()  # the pointer text this process has followed (or tried to)
+        self.current = self._load(json.loads(self.applied) if self.applied else {})
+        self.reloads, self.previous, self.error = 0, deque(maxlen=HISTORY), None
+        self.store = StoreWatch(self.ws, settings.store_check_seconds, settings.online_timeout)
+        every(POLL_SECONDS, self.follow, "unisup-reload-watch")
+
+    def reload(self, index: str | None = None, ranker: str | None = None) -> dict:
+        """POST /admin/reload: load, switch, then point the other processes at the same versions.
+        Raises ReloadRefused (and keeps serving the current bundle) for a version that cannot load."""
+        with self._lock:
+            bundle = self._load({"index": index, "ranker": ranker})
+            if ranker is not None and bundle.searcher is None:
+                raise ReloadRefused(404, f"ranker {ranker!r} cannot be served: {bundle.search_error}")
+            choice = {"index": bundle.retriever.versions.index, "ranker": bundle.ranker,
+                      "id": secrets.token_hex(8)}  # a new id: the others reload even if the names are the same
+            self.applied = json.dumps(choice) + "\n"
+            self._switch(bundle)
+            write_text(self.pointer, self.applied)
+        return self.describe(bundle)
+
+    def follow(self) -> None:
+        """The pointer poll: switch to what it names if it changed since this process last read it."""
+        text = self._pointer_text()
+        if text is None or text == self.applied:
+            return
+        with self._lock:
+            if text == self.applied:
+                return  # written by this process's own reload
+            self.applied = text  # tried once: a pointer that cannot load is reported, not retried every poll
+            try:
+                bundle = self._load(json.loads(text))
+            except Exception as exc:  # noqa: BLE001 - any failure leaves the serving bundle in place
+                self.error = f"{self.pointer}: {exc}"
+                logger.error("not switching (%s); still serving index %s", self.error,
+                             self.current.retriever.versions.index)
+                return
+            self._switch(bundle)
+
+    def missing_views(self) -> list[str]:
+        """Views the current bundle reads that the online store has lost (/readyz: not ready)."""
+        return self.store.state.missing(self.current.views)
+
+    def describe(self, bundle: Bundle) -> dict:
+        """`bundle` (the one a caller read, so a concurrent switch cannot mix two) and this process's history."""
+        return {"pid": os.getpid(), **bundle.describe(), "reloads": self.reloads,
+                "previous": list(self.previous), "reload_error": self.error, "pointer": str(self.pointer),
+                "admin_reload": self.settings.admin_reload}
+
+    def _switch(self, bundle: Bundle) -> None:
+        """One reference assignment, which every reader sees whole; the old bundle lives on only in the
+        requests that hold it."""
+        old, self.current = self.current, bundle
+        self.reloads += 1
+        self.previous.appendleft({**old.describe(), "replaced_at": bundle.loaded_at})
+        self.error = None
+        logger.warning("switched to index %s, ranker %s (was %s, %s)", bundle.retriever.versions.index,
+                       bundle.ranker, old.retriever.versions.index, old.ranker)
+
+    def _load(self, choice: dict) -> Bundle:
+        """A bundle of choice["index"] (default: the configured index, else the newest) and choice["ranker"]
+        (default: the configured one)."""
+        index = self._index(choice.get("index"))
+        ranker = choice.get("ranker") or self.settings.ranker
+        if not _plain(ranker.split("@")[0]):
+            raise ReloadRefused(400, f"ranker {ranker!r} is not a ranker name (NAME[@VARIANT])")
+        try:
+            return Bundle(self.settings, index, ranker)
+        except (ValueError, LookupError, OSError) as exc:
+            raise ReloadRefused(422, f"index {index.name!r} cannot be served: {type(exc).__name__}: {exc}") from exc
+
+    def _index(self, version: str | None) -> Path:
+        if version is None:
+            try:
+                return self.settings.index or find_index(self.ws.indexes_dir)
+            except IndexNotFound as exc:
+                raise ReloadRefused(404, str(exc)) from None
+        if not _plain(version):
+            raise ReloadRefused(400, f"index {version!r} is not an index version (a directory name under "
+                                     f"{self.ws.indexes_dir})")
+        if not (self.ws.indexes_dir / version / MANIFEST_FILE).exists():
+            known = sorted(p.parent.name for p in self.ws.indexes_dir.glob(f"[!.]*/{MANIFEST_FILE}"))
+            raise ReloadRefused(404, f"no index version {version!r} in {self.ws.indexes_dir} "
+                                     f"(there are: {', '.join(known) or 'none'})")
+        return self.ws.indexes_dir / version
+
+    def _pointer_text(self) -> str | None:
+        try:
+            return self.pointer.read_text()
+        except FileNotFoundError:
+            return None
