@@ -88,6 +88,7 @@ ENDPOINTS = {  # what each endpoint's requests ask, the stages its Server-Timing
     "search": {"body": {"k": 10, "n": 200}, "stages": ("retrieve", "features", "lookup", "rank", "respond"),
                "targets": {"p50_ms_c1": 40.0, "p99_ms_c1": 100.0, "rps_c8": 50.0}},
 }
+SWITCHED_READS = 6  # consecutive /metadata answers naming the new index: every worker (2 by default) switched
 SERVE = Settings.model_fields  # the service's settings: the server's defaults and their help
 
 
@@ -298,7 +299,7 @@ def soak(server: ServerProcess, ws, targets: list[tuple[str, bytes]], minutes: f
     rss = [w["rss_mb"] for w in windows]
     growth = (rss[-1] - rss[0]) / rss[0] * 100 if len(rss) > 1 else 0.0
     errors = sum(w["errors"] for w in windows)
-    events_ok = all(e.get("materialize_exit") == 0 and e.get("reload_status") == 200 for e in events)
+    events_ok = all(e.get("materialize_exit") == 0 and e.get("switched_s") is not None for e in events)
     return {"minutes": minutes, "every_minutes": every, "concurrency": 8, "windows": windows,
             "requests": sum(w["requests"] for w in windows), "errors": errors, "rss_mb": rss,
             "rss_growth_percent": round(growth, 2), "pass": errors == 0 and growth < 10 and events_ok}
@@ -319,10 +320,16 @@ def _materialize_and_reload(server: ServerProcess, ws, index: str, event: dict) 
                           env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
     event.update(materialize_exit=done.returncode, materialize_s=round(time.perf_counter() - t0, 1))
     t0 = time.perf_counter()
-    answer = httpx.post(f"{server.url}/admin/reload", json={"index": index}, timeout=600)
-    event.update(reload_to=index, reload_status=answer.status_code, reload_s=round(time.perf_counter() - t0, 1))
-    if answer.status_code != 200:
+    answer = httpx.post(f"{server.url}/admin/reload", json={"index": index}, timeout=30)
+    event.update(reload_to=index, reload_status=answer.status_code)
+    if answer.status_code != 202:
         event["reload_answer"] = answer.text[:300]
+        return
+    seen = 0  # /metadata answers from whichever worker takes it: switched once several in a row say so
+    while seen < SWITCHED_READS and time.perf_counter() - t0 < 300:
+        seen = seen + 1 if httpx.get(f"{server.url}/metadata", timeout=30).json()["deployment"]["index"] == index else 0
+        time.sleep(0.2)
+    event["switched_s"] = round(time.perf_counter() - t0, 1) if seen >= SWITCHED_READS else None
 
 
 def main() -> None:
@@ -457,7 +464,8 @@ def report(a, out: Path, manifest, levels: list[dict], lookups: list[dict], soak
                         for e in endpoints), w["rss_mb"],
                       "" if not w["event"] else f"materialize {w['event']['materialize_s']} s (exit "
                       f"{w['event']['materialize_exit']}), reload -> {w['event']['reload_to']} "
-                      f"{w['event']['reload_status']} in {w['event']['reload_s']} s") for w in soaked["windows"]])
+                      f"({w['event']['reload_status']}) switched after {w['event'].get('switched_s')} s")
+                     for w in soaked["windows"]])
         print(f"soak: {soaked['requests']:,} requests, {soaked['errors']} errors, server RSS {soaked['rss_mb'][0]} "
               f"-> {soaked['rss_mb'][-1]} MB ({soaked['rss_growth_percent']:+.1f}%): "
               f"{'pass' if soaked['pass'] else 'FAIL'}")

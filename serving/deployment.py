@@ -6,30 +6,38 @@ batcher, and the /search stack. A request takes `deployment.current` once and us
 to the end, so every answer comes from one consistent set of versions however a reload
 interleaves; the batcher belongs to the bundle, so a batch never mixes encoders or indexes.
 
-A reload loads the new Bundle beside the serving one (on a worker thread: requests go on), then
-switches the one reference. Requests in flight finish on the bundle they hold; the old bundle is
-freed when the last of them lets go (only its description stays, in the history /metadata shows).
+A reload loads the new Bundle beside the serving one (on a background thread: requests go on),
+then switches the one reference. Requests in flight finish on the bundle they hold; the old bundle
+is freed when the last of them lets go (only its description stays, in the history /metadata
+shows), and its memory is handed back to the system (malloc_trim) so reloads do not ratchet RSS up.
 
-Why a pointer file as well as POST /admin/reload: BentoML runs `workers` processes behind one
-socket, and a POST reaches one of them. That process loads and switches (or answers 4xx and
-switches nothing), then writes WORKSPACE/serving/current.json; every process reads that small file
-every POLL_SECONDS and follows a change. The file also makes a switch outlive a restart (a
-rollback stays rolled back), and an operator may write it by hand: {"index": VERSION, "ranker": NAME}.
+Why a pointer file behind POST /admin/reload: BentoML runs `workers` processes behind one socket,
+and a POST reaches one of them. The POST checks the names (4xx for one that does not exist, nothing
+switched) and writes WORKSPACE/serving/current.json; every process, the one that took the POST
+included, reads that small file every POLL_SECONDS and follows a change. So the POST answers at
+once (202) instead of waiting out a load that takes tens of seconds on a busy 54k-item catalog
+(past the service's 30 s request timeout), and GET /metadata says when each process switched, or
+why it could not. The file also makes a switch outlive a restart (a rollback stays rolled back),
+and an operator may write it by hand: {"index": VERSION, "ranker": NAME}.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import logging
 import os
 import secrets
 import threading
+import weakref
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.atomic import write_text
 from pipelines.index.store import MANIFEST_FILE, IndexNotFound, find_index
+from pipelines.ranking.store import RankerFiles
 from pipelines.settings import Settings
 from serving.batcher import MicroBatcher
 from serving.retriever import LoadedRetriever
@@ -42,6 +50,24 @@ logger = logging.getLogger("unisup.serving")
 POINTER = Path("serving") / "current.json"  # in the workspace
 POLL_SECONDS = 1.0
 HISTORY = 10  # previous bundles described in /metadata
+
+
+def release_memory() -> None:
+    """Collect what a freed bundle left and return glibc's free heap pages to the system: without it
+    a process's RSS stays at its peak (old and new bundle together) after every reload."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def _ranker_name(ranker: str) -> str:
+    """The NAME of NAME[@VARIANT], or ReloadRefused (400) for anything else."""
+    name = ranker.split("@")[0]
+    if not _plain(name):
+        raise ReloadRefused(400, f"ranker {ranker!r} is not a ranker name (NAME[@VARIANT])")
+    return name
 
 
 def _plain(name: str) -> bool:
@@ -95,31 +121,33 @@ class Deployment:
         self.applied = self._pointer_text()  # the pointer text this process has followed (or tried to)
         self.current = self._load(json.loads(self.applied) if self.applied else {})
         self.reloads, self.previous, self.error = 0, deque(maxlen=HISTORY), None
+        self._replaced: weakref.ref[Bundle] | None = None  # the bundle switched away from, until freed
         self.store = StoreWatch(self.ws, settings.store_check_seconds, settings.online_timeout)
         every(POLL_SECONDS, self.follow, "unisup-reload-watch")
 
     def reload(self, index: str | None = None, ranker: str | None = None) -> dict:
-        """POST /admin/reload: load, switch, then point the other processes at the same versions.
-        Raises ReloadRefused (and keeps serving the current bundle) for a version that cannot load."""
-        with self._lock:
-            bundle = self._load({"index": index, "ranker": ranker})
-            if ranker is not None and bundle.searcher is None:
-                raise ReloadRefused(404, f"ranker {ranker!r} cannot be served: {bundle.search_error}")
-            choice = {"index": bundle.retriever.versions.index, "ranker": bundle.ranker,
-                      "id": secrets.token_hex(8)}  # a new id: the others reload even if the names are the same
-            self.applied = json.dumps(choice) + "\n"
-            self._switch(bundle)
-            write_text(self.pointer, self.applied)
-        return self.describe(bundle)
+        """POST /admin/reload: check that the index and ranker exist, then point every process at them
+        (the pointer file; each loads and switches on its next poll). Raises ReloadRefused (4xx) for
+        a name that does not exist; nothing switches then."""
+        choice = {"index": self._index(index).name,
+                  "ranker": self._ranker(ranker) if ranker is not None else self.settings.ranker,
+                  "id": secrets.token_hex(8)}  # a new id: every process reloads even if the names are the same
+        write_text(self.pointer, json.dumps(choice) + "\n")
+        return {"status": "accepted", **choice, "pointer": str(self.pointer),
+                "follow": f"GET /metadata: deployment.index of each process within {POLL_SECONDS:g} s plus a load"}
 
     def follow(self) -> None:
-        """The pointer poll: switch to what it names if it changed since this process last read it."""
+        """The pointer poll: switch to what it names if it changed since this process last read it;
+        hand a released bundle's memory back."""
+        if self._replaced is not None and self._replaced() is None:  # the last request holding it is done
+            self._replaced = None
+            release_memory()
         text = self._pointer_text()
         if text is None or text == self.applied:
             return
         with self._lock:
             if text == self.applied:
-                return  # written by this process's own reload
+                return
             self.applied = text  # tried once: a pointer that cannot load is reported, not retried every poll
             try:
                 bundle = self._load(json.loads(text))
@@ -144,6 +172,7 @@ class Deployment:
         """One reference assignment, which every reader sees whole; the old bundle lives on only in the
         requests that hold it."""
         old, self.current = self.current, bundle
+        self._replaced = weakref.ref(old)
         self.reloads += 1
         self.previous.appendleft({**old.describe(), "replaced_at": bundle.loaded_at})
         self.error = None
@@ -155,8 +184,7 @@ class Deployment:
         (default: the configured one)."""
         index = self._index(choice.get("index"))
         ranker = choice.get("ranker") or self.settings.ranker
-        if not _plain(ranker.split("@")[0]):
-            raise ReloadRefused(400, f"ranker {ranker!r} is not a ranker name (NAME[@VARIANT])")
+        _ranker_name(ranker)
         try:
             return Bundle(self.settings, index, ranker)
         except (ValueError, LookupError, OSError) as exc:
@@ -176,6 +204,15 @@ class Deployment:
             raise ReloadRefused(404, f"no index version {version!r} in {self.ws.indexes_dir} "
                                      f"(there are: {', '.join(known) or 'none'})")
         return self.ws.indexes_dir / version
+
+    def _ranker(self, ranker: str) -> str:
+        """`ranker` if it is a trained ranker's NAME[@VARIANT] in this workspace, else ReloadRefused."""
+        files = RankerFiles.of(self.ws, _ranker_name(ranker))
+        if not files.meta.exists():
+            trained = ", ".join(sorted(p.parent.name for p in files.root.parent.glob(f"[!.]*/{files.meta.name}")))
+            raise ReloadRefused(404, f"no ranker {files.root.name!r} in {files.root.parent} "
+                                     f"(trained: {trained or 'none'})")
+        return ranker
 
     def _pointer_text(self) -> str | None:
         try:

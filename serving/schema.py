@@ -66,6 +66,15 @@ class Versions(BaseModel):
     blend: str | None = Field(description="when the blend was fitted; null: score = model_score")
 
 
+# The online store's state as each answer reports it (serving/store_watch.py), for /retrieve and /search alike
+MissingViews = Annotated[list[str], Field(default_factory=list, description=(
+    "Views of this answer's feature service the online store has lost (flushed, restarted empty, evicted: "
+    "pipelines/features/watermark.py); their features are null and degraded is true"))]
+StaleViews = Annotated[list[str], Field(default_factory=list, description=(
+    "Views whose online values are older than their ttl or than the registry's materialization end: "
+    "served, but old (GET /metadata says which and why)"))]
+
+
 class RetrieveResponse(bentoml.IODescriptor):
     """POST /retrieve answer: items best first."""
 
@@ -77,12 +86,8 @@ class RetrieveResponse(bentoml.IODescriptor):
     versions: Versions
     degraded: bool = Field(description="true when features were wanted but the online store failed or has "
                                        "lost views they come from")
-    missing_views: list[str] = Field(default_factory=list, description=(
-        "Views of this answer's feature service the online store has lost (flushed, restarted empty, evicted: "
-        "pipelines/features/watermark.py); their features are null and degraded is true"))
-    stale_views: list[str] = Field(default_factory=list, description=(
-        "Views whose online values are older than their ttl or than the registry's materialization end: "
-        "served, but old (GET /metadata says which and why)"))
+    missing_views: MissingViews
+    stale_views: StaleViews
 
 
 MAX_SEARCH_K = 100
@@ -143,12 +148,8 @@ class SearchResponse(bentoml.IODescriptor):
     versions: SearchVersions
     degraded: bool = Field(description="true when the online store failed (ranked on request-time features "
                                        "only) or has lost views the ranker's features come from")
-    missing_views: list[str] = Field(default_factory=list, description=(
-        "Views of this answer's feature service the online store has lost (flushed, restarted empty, evicted: "
-        "pipelines/features/watermark.py); their features are null and degraded is true"))
-    stale_views: list[str] = Field(default_factory=list, description=(
-        "Views whose online values are older than their ttl or than the registry's materialization end: "
-        "served, but old (GET /metadata says which and why)"))
+    missing_views: MissingViews
+    stale_views: StaleViews
 
 
 class ReloadRequest(BaseModel):

@@ -114,8 +114,9 @@ class RetrieverService:
 
     @info.post("/admin/reload")
     async def admin_reload(self, request: Request) -> JSONResponse:
-        """Switch to another index / ranker (body: ReloadRequest) without downtime; every worker
-        process follows (serving/deployment.py). Off unless settings.admin_reload; loopback clients only."""
+        """Switch to another index / ranker (body: ReloadRequest) without downtime: 202 once the names are
+        checked; every worker process then loads and switches (serving/deployment.py; GET /metadata shows
+        it). Off unless settings.admin_reload; loopback clients only."""
         if not self.deployment.settings.admin_reload:
             return _error(403, "admin reload is off: start the service with UNISUP_ADMIN_RELOAD=true")
         if request.client is None or request.client.host not in LOOPBACK:
@@ -127,7 +128,7 @@ class RetrieverService:
                                  "detail": exc.errors(include_url=False, include_context=False, include_input=False)},
                                 status_code=400)
         try:
-            return JSONResponse(await anyio.to_thread.run_sync(self.deployment.reload, body.index, body.ranker))
+            return JSONResponse(self.deployment.reload(body.index, body.ranker), status_code=202)
         except ReloadRefused as exc:
             return _error(exc.status, str(exc))
 

@@ -112,7 +112,7 @@ def test_serve_bench_search_quick(tmp_path, redis_server):
     assert all(w["by_endpoint"]["retrieve"]["calls"] > 0 and w["by_endpoint"]["search"]["calls"] > 0
                for w in soak["windows"])
     event = soak["windows"][1]["event"]
-    assert event["materialize_exit"] == 0 and event["reload_status"] == 200
+    assert event["materialize_exit"] == 0 and event["reload_status"] == 202 and event["switched_s"] is not None
     assert event["reload_to"].endswith("-hnsw")
 
 

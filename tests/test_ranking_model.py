@@ -21,7 +21,7 @@ from pipelines.ranking.model import (
     engagement_probabilities,
     relevance_probabilities,
 )
-from pipelines.ranking.train import choose_weights, relevance_targets, weighted_ece
+from pipelines.ranking.train import choose_weights, impression_ece, relevance_targets
 from pipelines.ranking.value import ValueWeights, value
 
 
@@ -109,8 +109,8 @@ def test_value_weights_are_the_largest_engagement_within_tolerance():
     assert choose_weights(grid, tolerance=0.0) == ValueWeights(0.0, 0.0)
 
 
-def test_weighted_ece_by_hand():
+def test_impression_ece_by_hand():
     pred = np.array([0.05, 0.05, 0.55])  # bins 0, 0, 5
     events, trials = np.array([1.0, 0.0, 3.0]), np.array([10.0, 10.0, 5.0])
     # bin 0: 20 impressions, mean predicted 0.05, observed 1/20; bin 5: 5 impressions, 0.55 vs 0.6
-    assert weighted_ece(pred, events, trials) == pytest.approx(20 / 25 * 0.0 + 5 / 25 * 0.05)
+    assert impression_ece(pred, events, trials) == pytest.approx(20 / 25 * 0.0 + 5 / 25 * 0.05)

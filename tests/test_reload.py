@@ -84,9 +84,9 @@ def test_reloads_under_load_switch_every_worker_and_no_answer_fails_or_mixes_ver
         wait_until(lambda: len(load.answers) >= 6, "answers under load", 60, srv)
         for target in (flat, hnsw, flat):
             t0 = time.monotonic()
-            response = httpx.post(f"{srv.url}/admin/reload", json={"index": target["index"]}, timeout=300)
-            assert response.status_code == 200, response.text
-            assert response.json()["versions"] == target
+            response = httpx.post(f"{srv.url}/admin/reload", json={"index": target["index"]}, timeout=30)
+            assert response.status_code == 202, response.text  # accepted at once; every worker loads and switches
+            assert response.json()["index"] == target["index"]
             switched[target["index"]] += 1
             line, times = f"switched to index {target['index']}, ranker", workers * switched[target["index"]]
             srv.wait_for_log(lambda log, line=line, times=times: log.count(line) >= times, 180)  # each worker's

@@ -208,3 +208,25 @@ def test_search_all_times_every_channel(channels, catalog):
     hits, seconds = search_all(channels, catalog["title"].head(7).tolist(), k=5, chunk=3)
     assert set(hits) == set(seconds) == {"bm25", "dense", "char"}
     assert all(h[0].shape == (7, 5) for h in hits.values())
+
+
+def test_pair_features_reuse_the_vector_the_dense_search_encoded(channels, catalog, encoder, dense_cache):
+    """/search retrieves with the dense channel, then scores pairs: with reuse on and the channel in
+    float32 (as the scorer always is), the scorer takes the channel's vector for the query instead of
+    encoding it again, and every feature equals a scorer's that encoded the query itself. (A bfloat16
+    channel's vectors differ by ~1e-3: never reused, so served features equal the training table's.)"""
+    from dataclasses import replace
+
+    from pipelines.retrieval.pair_features import PairScorer
+
+    ids, titles = catalog["item_id"].to_numpy(), catalog["title"].tolist()
+    channels = {**channels, "dense": DenseChannel.build(ids, titles, replace(encoder, bf16=False), dense_cache)}
+    query = "cordless drill 20 volt"
+    ids, _ = channels["dense"].search([query], k=20)
+    pairs = pd.DataFrame({"query_norm": query, "item_id": ids[0]})
+    reusing = PairScorer(channels, catalog, reuse_channel_vectors=True)
+    encoding = PairScorer(channels, catalog)
+    np.testing.assert_allclose(reusing.features(pairs).to_numpy(), encoding.features(pairs).to_numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert reusing._queries[query][0] is channels["dense"].recent_vector(query)  # the very array, not a re-encode
+    assert encoding._queries[query][0] is not channels["dense"].recent_vector(query)

@@ -24,6 +24,7 @@ from pipelines.evaluation.judgments import from_lake
 from pipelines.evaluation.models import SEARCH, Models
 from pipelines.evaluation.report import markdown_html, markdown_table, pyplot, save_figure, write_json
 from pipelines.metrics import evaluate
+from pipelines.ranking.search import best_first, to_run
 from pipelines.ranking.store import CUMULATIVE
 from pipelines.ranking.train import ENGAGEMENT_GRID
 from pipelines.ranking.value import ValueWeights, value
@@ -49,13 +50,8 @@ def value_tradeoff(ws: Workspace, ranker: str, baseline: str, ab: ABConfig, out:
     points = []
     for w in grid:
         weights = ValueWeights(click_weight=w, order_weight=2 * w)
-        scored = rows.assign(v=value(rows["expected_relevance"].to_numpy(), rows["p_click"].to_numpy(),
-                                     rows["p_order"].to_numpy(), weights))
-        scored = scored.sort_values(["query_id", "v", "item_id"], ascending=[True, False, True], kind="stable")
-        top = scored.groupby("query_id", sort=False).head(100)
-        run: dict[str, dict[str, float]] = {}
-        for qid, item, v in zip(top["query_id"], top["item_id"], top["v"]):
-            run.setdefault(qid, {})[item] = float(v)
+        run = to_run(best_first(rows, value(rows["expected_relevance"].to_numpy(), rows["p_click"].to_numpy(),
+                                            rows["p_order"].to_numpy(), weights)))
         metrics = evaluate(run, jset.judgments)["mean"]
         lists = {q: list(items)[:PAGE] for q, items in run.items()}
         test = ab_test(queries, base, fixed_ranker(lists), jset.judgments, clicks, ab.seed, ab.resamples)

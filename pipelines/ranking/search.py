@@ -54,7 +54,8 @@ class SearchStack:
         self.candidate_model = self.meta["data"]["candidates"]
         self.n = int(self.meta["data"]["n"])
         self.weights = ValueWeights(**self.meta["value_weights"])  # the value model chosen on calib queries
-        self.scorer = PairScorer(runner.fused_channels(self.candidate_model), ws.lake.read("items"))
+        self.scorer = PairScorer(runner.fused_channels(self.candidate_model), ws.lake.read("items"),
+                                 reuse_channel_vectors=True)
         self._online = online
 
     @classmethod
@@ -124,9 +125,7 @@ class SearchStack:
             weights = self.weights if variant == "value" else ValueWeights()
             score = value(rows["expected_relevance"].to_numpy(), rows["p_click"].to_numpy(),
                           rows["p_order"].to_numpy(), weights)
-        rows = rows.assign(value=score)
-        return rows.sort_values(["query_id", "value", "item_id"], ascending=[True, False, True],
-                                kind="stable").reset_index(drop=True)
+        return best_first(rows, score)
 
     def lookup(self, rows: pd.DataFrame, degrade: bool = False) -> tuple[pd.DataFrame, bool]:
         """The store features of every row (one online read per chunk; a request is one chunk), and
@@ -153,8 +152,16 @@ class SearchStack:
                 "candidates": self.candidate_model, "feature_service": SERVICE}
 
 
+def best_first(rows: pd.DataFrame, score) -> pd.DataFrame:
+    """rows with `value` = score, sorted best first per query, ties by item id: the one ordering that
+    /search, eval, the trade-off and the trainer's calib checks share."""
+    return rows.assign(value=np.asarray(score, np.float64)).sort_values(
+        ["query_id", "value", "item_id"], ascending=[True, False, True], kind="stable").reset_index(drop=True)
+
+
 def to_run(rows: pd.DataFrame, depth: int = DEPTH) -> Run:
-    """Sorted rows (`order`) -> each query's top `depth` as a run {query_id: {item_id: value}}."""
+    """Rows sorted by best_first -> each query's top `depth` as a run {query_id: {item_id: value}},
+    items in rank order."""
     top = rows.groupby("query_id", sort=False).head(depth)
     run: Run = {}
     for qid, item, score in zip(top["query_id"], top["item_id"], top["value"]):

@@ -35,9 +35,11 @@ from pipelines.ranking.data import LOGS, TEACHER, training_table
 from pipelines.ranking.features import FeatureSpec, drop_query_features
 from pipelines.ranking.losses import binomial_event_loss, ordinal_loss
 from pipelines.ranking.model import GRADES, Ranker, RankerConfig, engagement_probabilities
+from pipelines.ranking.search import best_first, to_run
 from pipelines.ranking.store import RankerFiles, predict
 from pipelines.ranking.value import ValueWeights
 from pipelines.simulation import EXAMINATION
+from pipelines.teacher.calibrate import binned_ece
 from pipelines.workspace import Workspace
 
 ENGAGEMENT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # click weight; the order weight is twice it
@@ -86,7 +88,7 @@ def train_ranker(ws: Workspace, name: str, data: RankerDataConfig, config: Ranke
                 optimizer.step()
                 bar.advance(task, len(b))
         scored = predict(model, spec, calib_new)
-        ndcg = evaluate(_run(calib_new, scored["expected_relevance"]), calib_judged)["mean"]["ndcg@10"]
+        ndcg = evaluate(to_run(best_first(calib_new, scored["expected_relevance"])), calib_judged)["mean"]["ndcg@10"]
         history.append({"epoch": epoch + 1, "calib_ndcg@10": round(ndcg, 4), "loss": round(loss.item(), 4)})
         console.print(f"epoch {epoch + 1}: calib NDCG@10 (new-query regime) {ndcg:.4f}")
         if ndcg > best[0]:
@@ -152,21 +154,15 @@ def engagement_report(model: Ranker, spec: FeatureSpec, rows: pd.DataFrame) -> d
                       "auc": round(float(roc_auc_score(labels, np.r_[pred, pred], sample_weight=weights)), 4),
                       "auc_position_only": round(float(roc_auc_score(labels, np.r_[baseline, baseline],
                                                                      sample_weight=weights)), 4),
-                      "ece": round(weighted_ece(pred, k, k + miss), 4),
-                      "ece_position_only": round(weighted_ece(baseline, k, k + miss), 4)}
+                      "ece": round(impression_ece(pred, k, k + miss), 4),
+                      "ece_position_only": round(impression_ece(baseline, k, k + miss), 4)}
     return out
 
 
-def weighted_ece(pred: np.ndarray, events: np.ndarray, trials: np.ndarray, bins: int = 10) -> float:
-    """ECE over impressions: 10 equal-width bins of the predicted probability, |mean predicted -
-    observed rate| weighted by the bin's share of impressions."""
-    which = np.minimum((pred * bins).astype(int), bins - 1)
-    total, ece = trials.sum(), 0.0
-    for b in range(bins):
-        n = trials[which == b].sum()
-        if n > 0:
-            ece += n / total * abs((pred[which == b] * trials[which == b]).sum() / n - events[which == b].sum() / n)
-    return float(ece)
+def impression_ece(pred: np.ndarray, events: np.ndarray, trials: np.ndarray) -> float:
+    """ECE over impressions: each row's observed rate events / trials, weighted by its trials."""
+    rate = np.divide(events, trials, out=np.zeros_like(pred, dtype=np.float64), where=trials > 0)
+    return binned_ece(pred, rate, weights=trials)
 
 
 def relevance_targets(rows: pd.DataFrame, teacher_weight: float) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +194,7 @@ def value_grid(rows: pd.DataFrame, scored: pd.DataFrame, judged: pd.DataFrame) -
         exam = np.asarray(EXAMINATION)[slot]  # expected events of the page, examination-weighted
         per_query = top.assign(clicks=top["p_click"] * exam, orders=top["p_order"] * exam).groupby("query_id")
         clicks, orders = per_query["clicks"].sum(), per_query["orders"].sum()
-        ndcg = evaluate(_run(rows, pd.Series(score)), judged)["mean"]["ndcg@10"]
+        ndcg = evaluate(to_run(best_first(rows, score)), judged)["mean"]["ndcg@10"]
         grid.append({**asdict(weights), "calib_ndcg@10": round(ndcg, 4),
                      "expected_clicks@10": round(float(clicks.mean()), 4),
                      "expected_orders@10": round(float(orders.mean()), 5)})
@@ -243,7 +239,7 @@ def fit_lambdamart(fit: pd.DataFrame, calib: pd.DataFrame, calib_judged: pd.Data
     booster = lgb.train(params, lgb.Dataset(xf, yf, group=gf), num_boost_round=max(LAMBDAMART_ROUNDS))
     calib_new = drop_query_features(calib, spec, 1.0, config.seed)
     x = spec.raw(calib_new)
-    curve = {r: evaluate(_run(calib_new, pd.Series(booster.predict(x, num_iteration=r))),
+    curve = {r: evaluate(to_run(best_first(calib_new, booster.predict(x, num_iteration=r))),
                          calib_judged)["mean"]["ndcg@10"] for r in LAMBDAMART_ROUNDS}
     best = max(curve, key=curve.get)
     booster.best_iteration = best  # saved and predicted with this many rounds
@@ -251,8 +247,3 @@ def fit_lambdamart(fit: pd.DataFrame, calib: pd.DataFrame, calib_judged: pd.Data
                      "calib_ndcg@10_by_rounds": {r: round(v, 4) for r, v in curve.items()}}
 
 
-def _run(rows: pd.DataFrame, score: pd.Series) -> dict[str, dict[str, float]]:
-    run: dict[str, dict[str, float]] = {}
-    for qid, item, s in zip(rows["query_id"], rows["item_id"], score.to_numpy()):
-        run.setdefault(qid, {})[item] = float(s)
-    return run

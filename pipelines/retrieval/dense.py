@@ -9,6 +9,8 @@ anything else reuses.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from pipelines.modeling.encoder import Encoder
 from pipelines.retrieval import Hits, catalog_hash, to_hits
 
 _RECENT: dict[str, np.ndarray] = {}  # the last catalog encoded in this process, by cache key
+RECENT_QUERIES = 256  # query vectors a channel remembers (DenseChannel.recent_vector): a request's, not a batch's
 
 
 def item_embeddings(encoder: Encoder, item_ids: Sequence[str], titles: Sequence[str],
@@ -53,6 +56,8 @@ class DenseChannel:
         self.encoder = encoder
         self.index = index
         self.item_ids = np.asarray(item_ids, dtype=object)
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()  # query text -> vector, newest last
+        self._lock = threading.Lock()  # a service's request threads share one channel
 
     @classmethod
     def build(cls, item_ids: Sequence[str], titles: Sequence[str], encoder: Encoder | None = None,
@@ -66,5 +71,18 @@ class DenseChannel:
     def search(self, queries: Sequence[str], k: int = 100) -> Hits:
         """Top-k items per query by cosine; every item has a score, so every slot is filled."""
         vectors = self.encoder.encode(list(queries))
+        with self._lock:
+            for query, vector in zip(queries, vectors):
+                self._recent[query] = vector
+                self._recent.move_to_end(query)
+            while len(self._recent) > RECENT_QUERIES:
+                self._recent.popitem(last=False)
         scores, rows = self.index.search(vectors, min(k, self.index.ntotal))
         return to_hits(rows, scores, self.item_ids, k)
+
+    def recent_vector(self, query: str) -> np.ndarray | None:
+        """The vector a recent search encoded for `query`, if still remembered: the ranking stage's
+        pair features need the query vector its candidates were just retrieved with (/search would
+        otherwise encode every query twice)."""
+        with self._lock:
+            return self._recent.get(query)

@@ -41,8 +41,11 @@ MEMO = 100_000  # query embeddings kept between calls (a batch's queries always 
 class PairScorer:
     """Per-pair scores from the three channels of one catalog (pipelines.retrieval.build_channels)."""
 
-    def __init__(self, channels: dict, items: pd.DataFrame):
-        self.channels = channels
+    def __init__(self, channels: dict, items: pd.DataFrame, reuse_channel_vectors: bool = False):
+        """reuse_channel_vectors: take a query's vector from the dense channel's recent searches when
+        both run float32 (/search and eval: the candidates were just retrieved with it). Off for the
+        teacher, whose labels must not depend on which searches ran before in the process."""
+        self.channels, self.reuse_channel_vectors = channels, reuse_channel_vectors
         self.bm25, self.dense, self.char = channels["bm25"], channels["dense"], channels["char"]
         self.row = pd.Series(np.arange(len(items)), index=items["item_id"].astype(str).to_numpy())
         self.titles = items["title"].astype(str).to_numpy()
@@ -62,6 +65,12 @@ class PairScorer:
         new = [t for t in dict.fromkeys(texts) if t not in self._queries]
         if len(self._queries) + len(new) > MEMO:  # a long-lived server sees endless new queries
             self._queries.clear()
+        if self.reuse_channel_vectors and not self.dense.encoder.bf16:  # float32 as ours: reuse its vectors
+            found = {t: v for t in new if (v := self.dense.recent_vector(t)) is not None}
+            if found:
+                best, _ = self.dense.index.search(np.stack(list(found.values())), 1)
+                self._queries.update({t: (v, float(b)) for (t, v), b in zip(found.items(), best[:, 0])})
+                new = [t for t in new if t not in found]
         if new:
             vectors = self.query_encoder.encode(new, batch_size=512)  # (n_new, dim)
             best, _ = self.dense.index.search(vectors, 1)

@@ -245,18 +245,21 @@ def relevance_summary(probs: np.ndarray) -> dict:
             "mean_p_relevant": float(p.mean()) if len(p) else float("nan")}
 
 
-def binned_ece(predicted: np.ndarray, outcome: np.ndarray, bins: int = BINS) -> float:
-    """Equal-width-bin ECE of probabilities `predicted` against 0/1 `outcome`."""
+def binned_ece(predicted: np.ndarray, outcome: np.ndarray, bins: int = BINS,
+               weights: np.ndarray | None = None) -> float:
+    """Equal-width-bin ECE of probabilities `predicted` against `outcome`: 0/1 labels, or observed
+    rates with `weights` their trials (impressions). Per bin |weighted mean predicted - weighted mean
+    outcome|, weighted by the bin's share of the weight; NaN when there is none."""
     predicted, outcome = np.asarray(predicted, np.float64), np.asarray(outcome, np.float64)
-    if len(predicted) == 0:
+    weights = np.ones_like(predicted) if weights is None else np.asarray(weights, np.float64)
+    if weights.sum() <= 0:
         return float("nan")
     which = np.minimum((predicted * bins).astype(int), bins - 1)
     total = 0.0
     for b in range(bins):
-        mask = which == b
-        if mask.any():
-            total += mask.sum() * abs(predicted[mask].mean() - outcome[mask].mean())
-    return float(total / len(predicted))
+        w = np.where(which == b, weights, 0.0)
+        total += abs(w @ predicted - w @ np.where(w > 0, outcome, 0.0))  # = bin weight x |mean gap|
+    return float(total / weights.sum())
 
 
 def ece(probs: np.ndarray, grades: np.ndarray, bins: int = BINS) -> float:
