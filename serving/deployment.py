@@ -36,8 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.atomic import write_text
-from pipelines.index.store import MANIFEST_FILE, IndexNotFound, find_index
-from pipelines.ranking.store import RankerFiles
+from pipelines.index.store import IndexNotFound, find_index, index_dirs
+from pipelines.ranking.store import RankerFiles, UnknownRanker
 from pipelines.settings import Settings
 from serving.batcher import MicroBatcher
 from serving.retriever import LoadedRetriever
@@ -199,19 +199,18 @@ class Deployment:
         if not _plain(version):
             raise ReloadRefused(400, f"index {version!r} is not an index version (a directory name under "
                                      f"{self.ws.indexes_dir})")
-        if not (self.ws.indexes_dir / version / MANIFEST_FILE).exists():
-            known = sorted(p.parent.name for p in self.ws.indexes_dir.glob(f"[!.]*/{MANIFEST_FILE}"))
+        known = [p.name for p in index_dirs(self.ws.indexes_dir)]
+        if version not in known:
             raise ReloadRefused(404, f"no index version {version!r} in {self.ws.indexes_dir} "
                                      f"(there are: {', '.join(known) or 'none'})")
         return self.ws.indexes_dir / version
 
     def _ranker(self, ranker: str) -> str:
         """`ranker` if it is a trained ranker's NAME[@VARIANT] in this workspace, else ReloadRefused."""
-        files = RankerFiles.of(self.ws, _ranker_name(ranker))
-        if not files.meta.exists():
-            trained = ", ".join(sorted(p.parent.name for p in files.root.parent.glob(f"[!.]*/{files.meta.name}")))
-            raise ReloadRefused(404, f"no ranker {files.root.name!r} in {files.root.parent} "
-                                     f"(trained: {trained or 'none'})")
+        try:
+            RankerFiles.of(self.ws, _ranker_name(ranker)).require()
+        except UnknownRanker as exc:
+            raise ReloadRefused(404, str(exc)) from None
         return ranker
 
     def _pointer_text(self) -> str | None:

@@ -129,10 +129,16 @@ def load_encoder(manifest: IndexManifest, models_dir: Path, model_dir: Path | No
     return encoder
 
 
+def index_dirs(indexes_dir: Path) -> list[Path]:
+    """Every built index directory (hidden names are writes under way: pipelines.atomic)."""
+    root = Path(indexes_dir)
+    return sorted(p.parent for p in root.glob(f"[!.]*/{MANIFEST_FILE}")) if root.exists() else []
+
+
 def find_index(indexes_dir: Path, model_version: str | None = None) -> Path:
     """The newest index directory (optionally of one model version)."""
     root = Path(indexes_dir)
-    found = [p.parent for p in root.glob(f"[!.]*/{MANIFEST_FILE}")] if root.exists() else []
+    found = index_dirs(root)
     if model_version is not None:
         found = [p for p in found if IndexManifest.read(p).model_version == model_version]
     if not found:

@@ -49,12 +49,17 @@ class RankerFiles:
             booster.save_model(str(tmp / "lambdamart.txt"))
             (tmp / self.meta.name).write_text(json.dumps(meta, indent=2))
 
-    def load(self) -> tuple[Ranker, FeatureSpec, object, dict]:
-        """(network in eval mode, its FeatureSpec, the LightGBM booster, ranker.json)."""
+    def require(self) -> RankerFiles:
+        """self if the ranker was trained, else UnknownRanker listing the ones that were."""
         if not self.meta.exists():
-            there = sorted(p.name for p in self.root.parent.glob("*") if (p / "ranker.json").exists())
+            there = sorted(p.name for p in self.root.parent.glob("[!.]*") if (p / self.meta.name).exists())
             raise UnknownRanker(f"no ranker {self.root.name!r} in {self.root.parent}; trained: {there or 'none'} "
                                 "(unisup rank train --name NAME)")
+        return self
+
+    def load(self) -> tuple[Ranker, FeatureSpec, object, dict]:
+        """(network in eval mode, its FeatureSpec, the LightGBM booster, ranker.json)."""
+        self.require()
         import lightgbm as lgb
 
         meta = json.loads(self.meta.read_text())
