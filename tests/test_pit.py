@@ -11,7 +11,6 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from feast import FeatureService, FeatureView, Field
 from feast.errors import FeatureNameCollisionError
@@ -19,6 +18,7 @@ from feast.types import Int64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipelines.atomic import write_parquet
 from pipelines.features.dataset import build_dataset, feast_historical
 from pipelines.features.pit import PointInTimeError, historical_features
 from pipelines.features.produce import conform, view_schema
@@ -48,7 +48,7 @@ def write(repo, frames: dict[str, pd.DataFrame]) -> None:
     ws, _, views = repo
     for name, view in views.items():
         df = frames.get(name, pd.DataFrame({f.name: [] for f in view_schema(view)}))
-        pq.write_table(conform(view, df), table_path(ws, view))
+        write_parquet(conform(view, df), table_path(ws, view))
 
 
 def both(repo, entities: pd.DataFrame, service: str = "training") -> pd.DataFrame:
