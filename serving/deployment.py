@@ -2,9 +2,10 @@
 without downtime.
 
 A Bundle is everything a request reads: the retriever (encoder, index, blend) with its own
-batcher, and the /search stack. A request takes `deployment.current` once and uses that bundle
-to the end, so every answer comes from one consistent set of versions however a reload
-interleaves; the batcher belongs to the bundle, so a batch never mixes encoders or indexes.
+batcher, the /search stack, and the inspector's /compare over both. A request takes
+`deployment.current` once and uses that bundle to the end, so every answer comes from one
+consistent set of versions however a reload interleaves; the batcher belongs to the bundle, so a
+batch never mixes encoders or indexes.
 
 A reload loads the new Bundle beside the serving one (on a background thread: requests go on),
 then switches the one reference. Requests in flight finish on the bundle they hold; the old bundle
@@ -40,6 +41,7 @@ from pipelines.index.store import IndexNotFound, find_index, index_dirs
 from pipelines.ranking.store import RankerFiles, UnknownRanker
 from pipelines.settings import Settings
 from serving.batcher import MicroBatcher
+from serving.compare import Inspector
 from serving.retriever import LoadedRetriever
 from serving.schema import MAX_BATCH
 from serving.search import LoadedSearch
@@ -101,6 +103,7 @@ class Bundle:
             self.searcher = LoadedSearch(loading)
         except (LookupError, FileNotFoundError) as exc:
             self.search_error = str(exc)
+        self.inspector = Inspector(loading, self.retriever, self.searcher, self.search_error)
         self.views = self.retriever.online.views | (self.searcher.stack.online.views if self.searcher else set())
         self.loaded_at = _now()
 

@@ -36,6 +36,13 @@ def searchable(query: str) -> str:
     return query
 
 
+def n_covers_k(request):
+    """The rule of /search and /compare: the ranker picks k of n candidates."""
+    if request.n < request.k:
+        raise ValueError(f"n ({request.n}) must be at least k ({request.k}): the ranker picks k of n candidates")
+    return request
+
+
 class RetrieveRequest(bentoml.IODescriptor):
     """POST /retrieve body."""
 
@@ -109,12 +116,7 @@ class SearchRequest(bentoml.IODescriptor):
     explain: bool = Field(False, description="Return each item's ranker features too")
 
     _searchable = field_validator("query")(searchable)
-
-    @model_validator(mode="after")
-    def _n_covers_k(self) -> SearchRequest:
-        if self.n < self.k:
-            raise ValueError(f"n ({self.n}) must be at least k ({self.k}): the ranker picks k of n candidates")
-        return self
+    _n_covers_k = model_validator(mode="after")(n_covers_k)
 
 
 class Ranked(BaseModel):
@@ -150,6 +152,25 @@ class SearchResponse(bentoml.IODescriptor):
                                        "only) or has lost views the ranker's features come from")
     missing_views: MissingViews
     stale_views: StaleViews
+
+
+MAX_COMPARE_K = 50
+
+
+class CompareRequest(BaseModel):
+    """POST /compare body: one query through two configurations (GET /compare lists them)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, examples=[EXAMPLE_QUERY],
+                       description=f"Search text, 1..{MAX_QUERY_CHARS} characters, not only whitespace")
+    left: str = Field("bm25", max_length=40, description="Configuration of the left column")
+    right: str = Field("search", max_length=40, description="Configuration of the right column")
+    k: int = Field(DEFAULT_SEARCH_K, ge=1, le=MAX_COMPARE_K, description=f"Rows per column, 1..{MAX_COMPARE_K}")
+    n: int = Field(DEFAULT_CANDIDATES, ge=1, le=MAX_CANDIDATES, description="Candidates the search configurations rank")
+
+    _searchable = field_validator("query")(searchable)
+    _n_covers_k = model_validator(mode="after")(n_covers_k)
 
 
 class ReloadRequest(BaseModel):

@@ -59,7 +59,7 @@ class LoadedSearch:
             expected_relevance=float(row["expected_relevance"]),
             relevance={c.removeprefix("p_"): float(row[c]) for c in CUMULATIVE},
             p_click=float(row["p_click"]), p_order=float(row["p_order"]),
-            features={c: _plain(row[c]) for c in inputs} if explain else None)
+            features={c: plain(row[c]) for c in inputs} if explain else None)
             for row in top.to_dict("records")]
         timings.add("respond", t)
         views = self.stack.online.views
@@ -70,9 +70,9 @@ class LoadedSearch:
                                               stale_views=store.stale(views))
 
 
-def _plain(value) -> float | None:
-    """A feature value as JSON: null or NaN (unknown) -> null."""
-    if value is None:
-        return None
+def plain(value) -> float | str | None:
+    """A feature value as JSON: null or NaN (unknown) -> null, numbers -> float, text as it is."""
+    if value is None or isinstance(value, str):
+        return value
     value = float(value)
     return None if math.isnan(value) else value

@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import time
 from http import HTTPStatus
+from pathlib import Path
 
 import anyio
 import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
 from pipelines.settings import Settings
@@ -30,6 +32,7 @@ from serving.schema import (
     DEFAULT_K,
     DEFAULT_SEARCH_K,
     EXAMPLE_QUERY,
+    CompareRequest,
     EncodeTexts,
     ReloadRequest,
     RetrieveRequest,
@@ -39,12 +42,19 @@ from serving.schema import (
 )
 
 with bentoml.importing():
+    from serving.compare import UnknownConfig
     from serving.deployment import Deployment, ReloadRefused
     from serving.retriever import Timings
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")  # no usage analytics: nothing leaves loopback
 info = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # routes beside BentoML's APIs
 LOOPBACK = ("127.0.0.1", "::1")
+INSPECTOR = Path(__file__).parent / "inspector"  # the page's files, shipped in the package: no CDN, no build
+INSPECTOR_PAGE = INSPECTOR / "index.html"
+# the page may only talk to this service: scripts, styles, images and fetches from its own origin
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+                "Cache-Control": "no-cache"}
+info.mount("/inspector", StaticFiles(directory=INSPECTOR), name="inspector")
 
 
 @bentoml.service(
@@ -55,10 +65,11 @@ LOOPBACK = ("127.0.0.1", "::1")
 )
 @bentoml.asgi_app(info, path="/")
 class RetrieverService:
-    """POST /retrieve, /search, /encode, /admin/reload; GET /metadata. /healthz, /livez and /readyz come
-    with BentoML: ready once __init__ has loaded model, index and registry, and while the online store
-    holds every view the answers read (`__is_ready__`). A failing online store degrades answers
-    (`degraded: true`) but never makes the service unready; one that lost views does (it answers on)."""
+    """POST /retrieve, /search, /encode, /compare, /admin/reload; GET / (the inspector page), /compare,
+    /metadata. /healthz, /livez and /readyz come with BentoML: ready once __init__ has loaded model,
+    index and registry, and while the online store holds every view the answers read
+    (`__is_ready__`). A failing online store degrades answers (`degraded: true`) but never makes the
+    service unready; one that lost views does (it answers on)."""
 
     def __init__(self) -> None:
         self.deployment = Deployment(Settings.load())
@@ -104,6 +115,34 @@ class RetrieverService:
         ctx.response.headers["Server-Timing"] = timings.header()
         return response
 
+    @info.get("/", response_class=HTMLResponse)
+    def inspector_page(self) -> HTMLResponse:
+        """The inspector (serving/inspector/): a query through two configurations, side by side."""
+        return HTMLResponse(INSPECTOR_PAGE.read_text(), headers=PAGE_HEADERS)
+
+    @info.get("/compare")
+    def compare_configs(self) -> dict:
+        """The configurations POST /compare can run in this deployment, and why the others cannot."""
+        return self.deployment.current.inspector.configs()
+
+    @info.post("/compare")
+    async def compare(self, request: Request) -> JSONResponse:
+        """One query through two configurations (body: CompareRequest), each row annotated with the
+        teacher's grades, gated engagement, channel ranks, the human grade of a training judgment and
+        the score's decomposition: what the inspector page shows (serving/compare.py)."""
+        try:
+            body = CompareRequest.model_validate_json(await request.body() or b"{}")
+        except ValidationError as exc:
+            return _invalid("invalid compare request", exc)
+        bundle = self.deployment.current
+        try:
+            answer = await anyio.to_thread.run_sync(
+                bundle.inspector.compare, body.query, body.left, body.right, body.k, body.n,
+                self.deployment.store.state)
+        except UnknownConfig as exc:
+            return _error(400, str(exc))
+        return JSONResponse(answer)
+
     @info.get("/metadata")
     def metadata(self) -> dict:
         """Model, index and feature-service versions, blend provenance, online-store state; this process's
@@ -124,9 +163,7 @@ class RetrieverService:
         try:
             body = ReloadRequest.model_validate_json(await request.body() or b"{}")
         except ValidationError as exc:
-            return JSONResponse({"error": "invalid reload request",
-                                 "detail": exc.errors(include_url=False, include_context=False, include_input=False)},
-                                status_code=400)
+            return _invalid("invalid reload request", exc)
         try:
             return JSONResponse(self.deployment.reload(body.index, body.ranker), status_code=202)
         except ReloadRefused as exc:
@@ -135,6 +172,12 @@ class RetrieverService:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _invalid(message: str, exc: ValidationError) -> JSONResponse:
+    """400 in BentoML's shape for its own APIs: {"error", "detail": [{"loc", "msg", "type"}]}."""
+    return JSONResponse({"error": message, "detail": exc.errors(include_url=False, include_context=False,
+                                                                 include_input=False)}, status_code=400)
 
 
 class SearchUnavailable(bentoml.exceptions.BentoMLException):

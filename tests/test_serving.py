@@ -36,6 +36,8 @@ from serving.process import ServiceProcess
 
 from conftest import RedisServer, copy_repo, free_port, prepare
 
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (make setup installs it); Playwright downloads no browser
+
 
 class Server(ServiceProcess):
     """The service under test, with /retrieve and /search shortcuts."""
@@ -328,6 +330,123 @@ def test_a_served_row_equals_the_training_row_of_the_same_pair(ws, server):
                 known += not name.startswith("request_")
                 compared += 1
     assert compared > 100 and known > 0  # store features were compared, not only request-time ones
+
+
+def compare(server, body) -> httpx.Response:
+    return httpx.post(f"{server.url}/compare", json=body, timeout=60)
+
+
+def judged(ws: Workspace, text: str) -> dict[str, float]:
+    """The lake's judgments of a query (its raw text), item -> grade: the reference for human grades."""
+    qid = query_id(normalize_query(text))
+    judgments = ws.lake.read("judgments")
+    return dict(zip(*judgments.loc[judgments["query_id"] == qid, ["item_id", "relevance"]].T.to_numpy()))
+
+
+def test_compare_shows_two_configurations_each_equal_to_its_own_api(ws, server):
+    listed = httpx.get(f"{server.url}/compare", timeout=10).json()
+    assert {c["name"] for c in listed["configs"]} >= {"bm25", "retrieve", "rrf", "search", "search@lambdamart"}
+    query = lake_query(ws, "train")
+    left = compare(server, {"query": query, "left": "retrieve", "right": "search", "k": 10, "n": 50}).json()
+    retrieved = server.post({"query": query, "k": 10}).json()["items"]
+    searched = server.search({"query": query, "k": 10, "n": 50}).json()["items"]
+    retrieve_col, search_col = left["columns"]
+    assert [i["item_id"] for i in retrieve_col["items"]] == [h["item_id"] for h in retrieved]
+    assert [i["score"] for i in retrieve_col["items"]] == pytest.approx([h["score"] for h in retrieved], rel=1e-6)
+    assert [i["item_id"] for i in search_col["items"]] == [h["item_id"] for h in searched]
+    assert [i["score"] for i in search_col["items"]] == pytest.approx([h["value"] for h in searched], rel=1e-5)
+    for item in retrieve_col["items"]:  # the blend's decomposition adds up to its P(relevant)
+        assert 1 / (1 + math.exp(-sum(item["explain"]["terms"].values()))) == pytest.approx(item["score"], rel=1e-6)
+    for item in search_col["items"]:  # the value model's terms add up to the value
+        assert sum(item["explain"]["terms"].values()) == pytest.approx(item["score"], rel=1e-6)
+    rrf = compare(server, {"query": query, "left": "bm25", "right": "rrf", "k": 10}).json()["columns"][1]["items"]
+    for item in rrf:  # 1 / (60 + rank) per channel, from the ranks shown as the row's origin
+        assert item["explain"]["terms"] == pytest.approx({c: 1 / (60 + item["origin"][c]) if c in item["origin"] else 0
+                                                          for c in ("bm25", "dense", "char")})
+        assert sum(item["explain"]["terms"].values()) == pytest.approx(item["score"], rel=1e-6)
+
+
+def test_compare_annotates_from_the_store_and_shows_training_judgments_only(ws, server):
+    train, dev = lake_query(ws, "train"), lake_query(ws, "dev")
+    body = compare(server, {"query": train, "left": "bm25", "right": "search", "k": 20}).json()
+    assert body["known_query"] is True and body["degraded"] is False
+    rows = {i["item_id"]: i for c in body["columns"] for i in c["items"]}
+    reference = OnlineFeatures(ws, "ranker_online", engine="feast").get_online_features(
+        [(body["query_id"], item) for item in rows]).set_index("item_id")
+    labelled = 0
+    for item, row in rows.items():
+        if row["teacher"] is None:
+            assert pd.isna(reference.loc[item, "expected_grade"])
+        else:
+            labelled += 1
+            assert row["teacher"]["expected_grade"] == pytest.approx(float(reference.loc[item, "expected_grade"]))
+    assert labelled > 0
+    grades = judged(ws, train)
+    shown = {item: row["human_grade"] for item, row in rows.items()}
+    expected = {i: grades[i] for i in shown if i in grades}
+    assert {i: g for i, g in shown.items() if g is not None} == pytest.approx(expected)
+    assert any(g is not None for g in shown.values())
+    dev_rows = [i for c in compare(server, {"query": dev, "left": "bm25", "right": "search", "k": 50}).json()["columns"]
+                for i in c["items"]]
+    assert set(judged(ws, dev)) & {i["item_id"] for i in dev_rows}, "no judged dev item shown: the check is empty"
+    assert all(i["human_grade"] is None for i in dev_rows)
+
+
+COMPARE_BAD = [  # (case, body, fragment)
+    ("unknown configuration", {"query": "drill", "left": "nope"}, "is unknown: expected one of"),
+    ("k of 0", {"query": "drill", "k": 0}, "greater than or equal to 1"),
+    ("n below k", {"query": "drill", "k": 20, "n": 5}, "must be at least k"),
+    ("whitespace query", {"query": "  "}, "only whitespace"),
+    ("unknown field", {"query": "drill", "top": 3}, "Extra inputs"),
+]
+
+
+@pytest.mark.parametrize("case,body,fragment", COMPARE_BAD, ids=[c[0] for c in COMPARE_BAD])
+def test_compare_bad_input_is_a_clear_4xx(server, case, body, fragment):
+    response = compare(server, body)
+    assert response.status_code == 400 and fragment in response.text, (case, response.text)
+
+
+def test_the_inspector_page_in_a_real_browser(ws, server, tmp_path):
+    """Debian's chromium driven by Playwright: type a query, both columns render, the explain drawer
+    shows the JSON API's number, bad input shows the API's 4xx message, nothing leaves 127.0.0.1."""
+    from playwright.sync_api import sync_playwright
+
+    query = lake_query(ws, "train")
+    expected = compare(server, {"query": query, "left": "bm25", "right": "search", "k": 10}).json()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        requested: list[str] = []
+        page.on("request", lambda r: requested.append(r.url))
+        page.goto(server.url + "/")
+        page.fill("#query", query)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("body[data-rendered]")
+        for index, column in enumerate(expected["columns"]):
+            shown = page.locator(f"#column-{index} li.row").evaluate_all("rows => rows.map(r => r.dataset.item)")
+            assert shown == [i["item_id"] for i in column["items"]]
+        page.keyboard.press("l")  # the right column (search), its second row, explained
+        page.keyboard.press("j")
+        page.keyboard.press("e")
+        page.wait_for_selector("#drawer:not([hidden])")
+        row = expected["columns"][1]["items"][1]
+        assert f"score {row['score']:.4f}" in page.inner_text("#drawer")
+        page.screenshot(path=tmp_path / "inspector.png")
+        paint = page.evaluate("performance.getEntriesByType('paint').map(e => [e.name, e.startTime])")
+        timings = page.evaluate("window.inspectorTimings")
+        page.keyboard.press("Escape")
+        page.fill("#k", "0")
+        page.locator("#query").press("Enter")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "400" in page.inner_text("#error") and "greater than or equal to 1" in page.inner_text("#error")
+        page.set_viewport_size({"width": 390, "height": 800})  # a phone's width: one column under the other
+        page.screenshot(path=tmp_path / "inspector-phone.png")
+        boxes = [page.locator(f"#column-{i}").bounding_box() for i in (0, 1)]
+        assert boxes[1]["y"] > boxes[0]["y"] and boxes[1]["x"] == boxes[0]["x"]
+        browser.close()
+    assert requested and all(url.startswith(server.url + "/") for url in requested), requested
+    print(f"inspector timings (ms): paint {dict(paint)}, api -> rendered {timings}")  # reported, not asserted
 
 
 SEARCH_BAD = [  # (case, body, fragment): /retrieve's rules hold, plus /search's own bounds

@@ -51,7 +51,12 @@ class Blend:
 
     def logits_raw(self, raw: np.ndarray) -> np.ndarray:
         """Linear predictor from raw_inputs(...) (NaN = missing)."""
-        return self.intercept + standardize(raw, self.log1p, self.mean, self.scale) @ np.asarray(self.weights)
+        return self.intercept + self.terms_raw(raw).sum(axis=1)
+
+    def terms_raw(self, raw: np.ndarray) -> np.ndarray:
+        """(n, len(inputs)): each input's share w_i * z_i of the linear predictor (the inspector's
+        decomposition of a score; a missing input's share is 0)."""
+        return standardize(raw, self.log1p, self.mean, self.scale) * np.asarray(self.weights)
 
     def scores(self, model_scores: np.ndarray, columns: Mapping[str, Sequence] | None) -> np.ndarray:
         """P(relevant) per item, float64 in (0, 1); `columns` None means no features."""

@@ -25,7 +25,7 @@ from pipelines.metrics import DEPTH
 from pipelines.ranking.config import VARIANTS
 from pipelines.ranking.features import assemble, pair_features
 from pipelines.ranking.store import OUTPUTS, RankerFiles, predict
-from pipelines.ranking.value import ValueWeights, value
+from pipelines.ranking.value import ValueWeights, value_terms
 from pipelines.retrieval.pair_features import PairScorer
 from pipelines.retrieval.runner import ModelRunner, Run
 from pipelines.workspace import Workspace
@@ -85,17 +85,18 @@ class SearchStack:
 
     def score(self, texts: Sequence[str], query_ids: Sequence[str], n: int | None = None,
               progress: bool = True, degrade: bool = False, known: pd.DataFrame | None = None,
-              lambdamart: bool = True) -> Ranked:
+              lambdamart: bool = True, candidates: pd.DataFrame | None = None) -> Ranked:
         """The top-n candidates of each (normalized) query with their features and every output
         (relevance and engagement heads, the LambdaMART score), unsorted: what every variant sorts.
         degrade: an online-store failure ranks without store features (a request) instead of raising
         (a batch evaluation, whose figures must not silently change regime). known: pair rows
         (query_id, item_id, store feature columns) standing in for the store's where it has none
         (pipelines.ranking.precompute: the known-query regime for queries new to the store).
-        lambdamart: also score with the baseline (a request skips it unless the stack serves it)."""
+        lambdamart: also score with the baseline (a request skips it unless the stack serves it).
+        candidates: this stack's `candidates` of the queries, when the caller has them already."""
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
-        rows = self.runner.candidates(texts, query_ids, self.candidate_model, n or self.n, progress=progress)
+        rows = self.candidates(texts, query_ids, n, progress) if candidates is None else candidates.copy()
         norm = dict(zip(query_ids, texts))
         rows["query_norm"] = rows["query_id"].map(norm)
         t1 = time.perf_counter()
@@ -115,17 +116,25 @@ class SearchStack:
         seconds["rank"] = time.perf_counter() - t3
         return Ranked(rows, seconds, degraded)
 
+    def candidates(self, texts: Sequence[str], query_ids: Sequence[str], n: int | None = None,
+                   progress: bool = True) -> pd.DataFrame:
+        """The candidate model's top n (default: the ranker's n) per (normalized) query, with the
+        fusion's columns (pipelines.retrieval.runner.ModelRunner.candidates)."""
+        return self.runner.candidates(texts, query_ids, self.candidate_model, n or self.n, progress=progress)
+
     def order(self, rows: pd.DataFrame, variant: str) -> pd.DataFrame:
         """rows with `value` by the variant's score, sorted best first per query (ties by item id)."""
+        return best_first(rows, sum(self.terms(rows, variant).values()))
+
+    def terms(self, rows: pd.DataFrame, variant: str) -> dict[str, np.ndarray]:
+        """The variant's score per row as named additive terms; their sum is what `order` sorts by."""
         if variant == "lambdamart":
-            score = rows["lambdamart"].to_numpy()
-        elif variant == "engagement":  # the value model without its relevance term
-            score = value(np.zeros(len(rows)), rows["p_click"].to_numpy(), rows["p_order"].to_numpy(), ENGAGEMENT_ONLY)
-        else:
-            weights = self.weights if variant == "value" else ValueWeights()
-            score = value(rows["expected_relevance"].to_numpy(), rows["p_click"].to_numpy(),
-                          rows["p_order"].to_numpy(), weights)
-        return best_first(rows, score)
+            return {"lambdamart": rows["lambdamart"].to_numpy()}
+        p_click, p_order = rows["p_click"].to_numpy(), rows["p_order"].to_numpy()
+        if variant == "engagement":  # the value model without its relevance term
+            return value_terms(np.zeros(len(rows)), p_click, p_order, ENGAGEMENT_ONLY)
+        weights = self.weights if variant == "value" else ValueWeights()
+        return value_terms(rows["expected_relevance"].to_numpy(), p_click, p_order, weights)
 
     def lookup(self, rows: pd.DataFrame, degrade: bool = False) -> tuple[pd.DataFrame, bool]:
         """The store features of every row (one online read per chunk; a request is one chunk), and

@@ -23,4 +23,11 @@ class ValueWeights:
 
 def value(expected_grade: np.ndarray, p_click: np.ndarray, p_order: np.ndarray, weights: ValueWeights) -> np.ndarray:
     """The score each candidate is ranked by (see the module docstring)."""
-    return expected_grade + weights.click_weight * p_click + weights.order_weight * p_order
+    return sum(value_terms(expected_grade, p_click, p_order, weights).values())
+
+
+def value_terms(expected_grade: np.ndarray, p_click: np.ndarray, p_order: np.ndarray,
+                weights: ValueWeights) -> dict[str, np.ndarray]:
+    """The value's three additive terms, named: what the inspector shows as a score's decomposition."""
+    return {"expected_grade": expected_grade, "click": weights.click_weight * p_click,
+            "order": weights.order_weight * p_order}
