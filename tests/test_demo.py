@@ -1,6 +1,6 @@
 """`make demo` end to end (pipelines.demo.run_demo) on the synthetic lake, quick profile, in a temp
 workspace: the real producers (the teacher cascade included), apply, materialize into SQLite, a
-point-in-time set, the consistency check and one online lookup."""
+point-in-time set, the consistency check, one online lookup, an index and search examples."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from pipelines.workspace import Workspace
 
 from conftest import copy_repo
 
-STEPS = ("ingest synthetic", "signals build", "apply", "materialize", "dataset build", "consistency")
+STEPS = ("ingest synthetic", "signals build", "apply", "materialize", "dataset build", "consistency", "index build",
+         "blend", "search examples")
 
 
 @pytest.mark.slow
@@ -32,6 +33,9 @@ def test_demo_runs_every_step_and_the_stores_agree(tmp_path):
     assert at == sorted(at), printed
     assert " keys: consistent" in printed and "mismatches" not in printed
     assert "retriever_online features (one batched lookup)" in printed
+    # it ends with search: both first stages scored on dev, three dev queries' top 5 side by side, the inspector
+    assert "dev queries: bm25 0." in printed and printed.count("(dev; grades 1..3 by human raters") == 3
+    assert "then open http://127.0.0.1:3000/" in printed and len(list(ws.indexes_dir.iterdir())) == 1
 
     # what it wrote: the lake, every registered signal's table, the registry, the online store, the set
     lake = ws.lake
