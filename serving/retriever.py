@@ -88,8 +88,9 @@ class OnlineHealth:
 
 def fail_fast(online: OnlineFeatures, timeout: float) -> None:
     """No hanging on a dead socket, no retries with backoff: a request degrades within `timeout`."""
-    if online.reader is not None:
-        online.reader.client.connection_pool.connection_kwargs.update(
+    client = getattr(online.reader, "client", None)  # Redis; an embedded SQLite file has no socket
+    if client is not None:
+        client.connection_pool.connection_kwargs.update(
             socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
 
 

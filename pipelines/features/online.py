@@ -20,7 +20,8 @@ class OnlineFeatures:
     """Reads a FeatureService's features for pairs from the workspace's online store."""
 
     def __init__(self, ws: Workspace, service: str = "retriever_online", engine: str = "auto"):
-        """engine "auto" reads Redis through redis_fast.RedisFeatureReader; "feast" forces Feast."""
+        """engine "auto" reads Redis and SQLite through the fast readers (redis_reader, sqlite_fast);
+        "feast" forces Feast's SDK."""
         if engine not in ("auto", "feast"):
             raise ValueError(f"engine {engine!r}: expected 'auto' or 'feast'")
         self.ws = ws
@@ -31,6 +32,10 @@ class OnlineFeatures:
             from pipelines.features.redis_fast import RedisFeatureReader
 
             self.reader = RedisFeatureReader(ws, service, store=self.store)
+        elif engine == "auto" and ws.online == "sqlite":
+            from pipelines.features.sqlite_fast import SqliteFeatureReader
+
+            self.reader = SqliteFeatureReader(ws, service, store=self.store)
 
     @cached_property
     def views(self) -> frozenset[str]:

@@ -81,14 +81,14 @@ def _fixed(tag: int, raw: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, 
     return m, np.where(present, width + 1, 0)
 
 
-def _valid(arr: pa.Array) -> np.ndarray:
+def valid_mask(arr: pa.Array) -> np.ndarray:
     return np.ones(len(arr), bool) if arr.null_count == 0 else arr.is_valid().to_numpy(zero_copy_only=False)
 
 
 def _numeric(arr: pa.Array, value_type: ValueType,
              ints_via_float: bool | None) -> tuple[np.ndarray, np.ndarray] | None:
     """ValueProto bytes of a numeric/bool column as (byte matrix, lengths); None otherwise."""
-    valid = _valid(arr)
+    valid = valid_mask(arr)
     if value_type in (ValueType.FLOAT, ValueType.DOUBLE):
         dtype, tag = (np.float32, 0x35) if value_type == ValueType.FLOAT else (np.float64, 0x29)
         x = pc.fill_null(arr.cast(pa.float64()), 0.0).to_numpy().astype(dtype)
@@ -116,7 +116,7 @@ def encode_values(arr: pa.Array, value_type: ValueType, ints_via_float: bool | N
     if seg is not None:
         return _ragged(*seg)
     if value_type == ValueType.STRING:
-        valid = _valid(arr)
+        valid = valid_mask(arr)
         data = pc.fill_null(arr.cast(pa.string()), "").cast(pa.binary())
         lengths = pc.binary_length(data).to_numpy().astype(np.uint64)
         head = _ragged(*_tagged_varint(0x12, lengths, valid))

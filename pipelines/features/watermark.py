@@ -37,6 +37,7 @@ import redis
 from feast import FeatureStore, FeatureView
 
 from pipelines.features import redis_wire as wire
+from pipelines.features.latest import micros
 from pipelines.features.redis_pipe import redis_client
 from pipelines.features.repo import feature_store
 from pipelines.signals.spec import table_path
@@ -168,12 +169,8 @@ def window_keys(path: Path, view: FeatureView, start: datetime, end: datetime) -
     rows = duckdb.execute(
         f"SELECT {keys}, count(*) OVER () FROM (SELECT DISTINCT {keys} FROM read_parquet(?) "
         f'WHERE epoch_us("{ts}") BETWEEN ? AND ?) ORDER BY hash({keys}), {keys} LIMIT {SAMPLE_KEYS}',
-        [str(path), _micros(start), _micros(end)]).fetchall()
+        [str(path), micros(start), micros(end)]).fetchall()
     return (rows[0][-1] if rows else 0), [dict(zip(view.join_keys, map(str, row[:-1]))) for row in rows]
-
-
-def _micros(t: datetime) -> int:
-    return round(t.timestamp() * 1_000_000)
 
 
 def _utc(t: datetime) -> datetime:
