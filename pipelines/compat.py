@@ -12,6 +12,10 @@ upgrade has one file to review:
 * `recv_into`: redis-py's `Connection._sock`. features/redis_pipe.RespPipe reads replies
   straight from the connection's socket into one reused buffer for hiredis to parse; redis-py has
   no public way to read raw bytes off a connection it set up (AUTH, SELECT, TLS).
+* Feast's SQLite online layout (features/sqlite_fast.py): table per view, its columns and the
+  int-seconds timestamps of Feast's sqlite3 adapter are Feast's implementation, not an API;
+  sqlite_fast calls `require("feast")` when imported, and tests/test_sqlite_fast.py compares it
+  row by row with Feast's own SQLite writer and reader.
 * `AtomicFileRegistryStore` (features/registry_store.py): overrides Feast's
   `FileRegistryStore._write_registry` and reads its `_filepath`, to write registry.db through
   pipelines.atomic; it calls `require("feast")` when imported.
@@ -27,7 +31,8 @@ private `_parse_connection_string`; tests/test_compat.py checks the two agree.
 
 Each hook first checks the installed version against TESTED and raises IncompatibleLibrary,
 once per process and only when a hook is first used (importing this module checks nothing and
-imports neither library). The gate for moving TESTED to a new Feast is tests/test_redis_fast.py,
+imports neither library). The gate for moving TESTED to a new Feast is tests/test_redis_fast.py
+and tests/test_sqlite_fast.py,
 whose byte-for-byte comparisons with Feast's own writer and reader cover these hooks and the
 Redis layout redis_wire reproduces, plus tests/test_compat.py and tests/test_pit.py.
 """

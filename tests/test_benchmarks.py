@@ -70,6 +70,14 @@ def test_bench_materialize_quick(tmp_path, redis_server):
     assert data["byte_identical_to_feast"]["identical"] is True
 
 
+def test_bench_sqlite_quick(tmp_path):
+    data = run_quick("bench_sqlite.py", tmp_path / "sqlite.json")
+    assert_rows(data["materialize"], "label", ["ours (sqlite_fast)", "ours, Feast's table",
+                                               "plain Feast store.materialize"])
+    assert data["identical_to_feast"] is True and data["lookups"]["equal_to_feast_on_20_batches"] is True
+    assert set(data["lookups"]["paths"]) == {"ours", "feast"}
+
+
 def test_bench_dataset_quick(tmp_path):
     data = run_quick("bench_dataset.py", tmp_path / "dataset.json")
     assert_rows(data["runs"], "engine", ["pit", "feast"])

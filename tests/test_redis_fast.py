@@ -336,11 +336,11 @@ def test_reader_equals_feast_on_both_writers_data(realistic, service):
         assert ours.iloc[-8:-5].isna().any().any()  # the unknown-id rows come back with nulls
 
 
-def test_reader_random_requests(realistic):
-    ws = realistic[0]
+def agrees_on_random_requests(ws: Workspace, read) -> None:
+    """`read(pairs)` equals Feast's get_online_features of retriever_online on random requests:
+    stored pairs, and arbitrary text ids (unknown, empty, unicode), repeats included."""
     store = feature_store(ws)
     service = store.get_feature_service("retriever_online")
-    reader = RedisFeatureReader(ws)
     pool = request_pairs(ws, np.random.default_rng(2))
 
     random_pair = st.tuples(st.text(max_size=4), st.text(max_size=4))
@@ -349,10 +349,14 @@ def test_reader_random_requests(realistic):
     def check(pairs):
         feast = store.get_online_features(features=service, entity_rows=[{"query_id": q, "item_id": i}
                                                                          for q, i in pairs]).to_df()
-        ours = reader.read(pairs)
+        ours = read(pairs)
         pd.testing.assert_frame_equal(ours, feast[list(ours.columns)])
 
     check()
+
+
+def test_reader_random_requests(realistic):
+    agrees_on_random_requests(realistic[0], RedisFeatureReader(realistic[0]).read)
 
 
 def test_lead_entry_points_use_the_fast_paths(realistic, redis_server):

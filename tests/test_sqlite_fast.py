@@ -16,8 +16,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from pipelines.features.materialize import materialize
 from pipelines.features.online import OnlineFeatures
@@ -27,7 +25,7 @@ from pipelines.features.sqlite_fast import SqliteFeatureReader, connect, databas
 from pipelines.workspace import Workspace
 
 from conftest import AS_OF, prepare
-from test_redis_fast import END, SLOW, edge_tables, feast_materialize, request_pairs
+from test_redis_fast import END, agrees_on_random_requests, edge_tables, feast_materialize, request_pairs
 
 
 def dump(ws: Workspace) -> dict[str, list[tuple]]:
@@ -115,21 +113,8 @@ def test_reader_equals_feast_on_both_writers_data(realistic, service):
 
 def test_reader_random_requests_and_the_entry_points(realistic):
     ws = realistic[1]
-    store = feature_store(ws)
-    service = store.get_feature_service("retriever_online")
     client = OnlineFeatures(ws)
     assert isinstance(client.reader, SqliteFeatureReader)  # what `unisup serve` and the CLI use on SQLite
-    pool = request_pairs(ws, np.random.default_rng(2))
-    random_pair = st.tuples(st.text(max_size=4), st.text(max_size=4))
-
-    @given(st.lists(st.sampled_from(pool) | random_pair, min_size=1, max_size=40))
-    @SLOW
-    def check(pairs):
-        feast = store.get_online_features(features=service, entity_rows=[{"query_id": q, "item_id": i}
-                                                                         for q, i in pairs]).to_df()
-        pd.testing.assert_frame_equal(client.get_online_features(pairs), feast[list(client.feature_names)]
-                                      .pipe(lambda f: pd.concat([feast[["query_id", "item_id"]], f], axis=1)))
-
-    check()
+    agrees_on_random_requests(ws, client.get_online_features)
     report = materialize(ws, incremental=True)  # the CLI's path writes through sqlite_fast too
     assert report.views and dump(ws) == dump(realistic[0])

@@ -36,12 +36,14 @@ from feast import FeatureStore, FeatureView
 from feast.infra.online_stores.helpers import compute_table_id
 from feast.value_type import ValueType
 
+from pipelines.compat import require
 from pipelines.features import redis_wire as wire
 from pipelines.features.latest import MaterializeStats, materialize_views, quote
 from pipelines.features.repo import feature_store
 from pipelines.features.service_reader import PAIR_POSITION, ServiceReader, encoded_id
 from pipelines.workspace import Workspace
 
+require("feast")  # the layout written here is Feast 0.67's implementation (see pipelines/compat.py)
 BATCH_ROWS = 20_000  # entity rows per transaction: bounded memory whatever the view's size
 CACHE_KIB = 256 * 1024  # SQLite's page cache while writing (its default is 2 MB)
 _EPOCH = datetime(1970, 1, 1)
