@@ -99,7 +99,7 @@ function rowNode(item, columnIndex, shared) {
   if (item.teacher) {
     line2.append(el("span", {}, "teacher ", gradeBar(item.teacher), ` E=${fmt(item.teacher.expected_grade)}`));
   } else {
-    line2.append(el("span", { text: "teacher: not labelled (new pair)" }));
+    line2.append(el("span", { text: "teacher: no label for this pair" }));
   }
   if (item.engagement) {
     const e = item.engagement;
