@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from pipelines.workspace import Workspace
 
 require("feast")  # the layout written here is Feast 0.67's implementation (see pipelines/compat.py)
 BATCH_ROWS = 20_000  # entity rows per transaction: bounded memory whatever the view's size
-CACHE_KIB = 256 * 1024  # SQLite's page cache while writing (its default is 2 MB)
+CACHE_KIB = 32 * 1024  # SQLite's page cache while writing (default 2 MB; key-ordered inserts need little)
 _EPOCH = datetime(1970, 1, 1)
 _NUMBERS = {ValueType.INT64, ValueType.INT32, ValueType.FLOAT, ValueType.DOUBLE}
 
@@ -99,18 +99,26 @@ def value_texts(arr: pa.Array, value_type: ValueType, via_float: bool) -> list[s
     return [str(v) if ok else None for v, ok in zip(values, valid.tolist())]
 
 
-def write_view(conn: sqlite3.Connection, store: FeatureStore, view: FeatureView, table: pa.Table,
-               ints_via_float: dict[str, bool] | None = None, batch_rows: int = BATCH_ROWS,
-               progress: Callable[[int], object] | None = None, unique_keys: bool = False) -> int:
-    """Upsert each row of `table` (join keys, event timestamp [, created], features) as Feast
-    would, an older event never replacing a newer one; entity rows offered. unique_keys: the
-    table holds one row per entity key (latest_rows does), so into an empty table a plain INSERT
-    does."""
+def write_view(conn: sqlite3.Connection, store: FeatureStore, view: FeatureView,
+               rows: pa.Table | Iterable[pa.RecordBatch], ints_via_float: dict[str, bool] | None = None,
+               batch_rows: int = BATCH_ROWS, progress: Callable[[int], object] | None = None,
+               unique_keys: bool = False) -> int:
+    """Upsert each row (join keys, event timestamp [, created], features) as Feast would, an
+    older event never replacing a newer one; entity rows offered. `rows`: a table (any order; it
+    is sorted by serialized key here) or record batches already in that order with
+    `ints_via_float` given (latest.latest_batches). unique_keys: one row per entity key (what
+    latest_* select), so into an empty table a plain INSERT does."""
     src = view.batch_source
     ts_col, created_col = src.timestamp_field, src.created_timestamp_column
     key_types = {c.name: c.dtype.to_value_type() for c in view.entity_columns}
-    features = [(f.name, f.dtype.to_value_type(), (ints_via_float or {}).get(f.name, table[f.name].null_count > 0))
-                for f in view.features]
+    if isinstance(rows, pa.Table):
+        keys_all = wire.encode_entity_keys({k: rows[k].combine_chunks() for k in key_types}, key_types, "")
+        rows = rows.take(pc.sort_indices(keys_all))  # B-tree order: each insert lands next to the last one
+        if ints_via_float is None:
+            ints_via_float = {f.name: rows[f.name].null_count > 0 for f in view.features}
+        rows = rows.to_batches(max_chunksize=batch_rows)
+    features = sorted((f.name, f.dtype.to_value_type(), ints_via_float.get(f.name, False))
+                      for f in view.features)  # the primary key's order within an entity
     name = quote(table_name(store, view))
     insert = (f"INSERT INTO {name} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
               "VALUES (?, ?, ?, ?, ?, ?)")
@@ -120,11 +128,8 @@ def write_view(conn: sqlite3.Connection, store: FeatureStore, view: FeatureView,
               f"created_ts = excluded.created_ts WHERE excluded.event_ts >= {name}.event_ts")
     if unique_keys and conn.execute(f"SELECT 1 FROM {name} LIMIT 1").fetchone() is None:
         upsert = insert  # an empty table and one row per key: nothing to resolve, ~1.3x faster
-    keys_all = wire.encode_entity_keys({k: table[k].combine_chunks() for k in key_types}, key_types, "")
-    table = table.take(pc.sort_indices(keys_all))  # B-tree order: each insert lands next to the last one
-    features.sort(key=lambda f: f[0])  # the primary key's order within an entity
     offered = 0
-    for batch in table.to_batches(max_chunksize=batch_rows):
+    for batch in rows:
         keys = wire.encode_entity_keys({k: batch[k] for k in key_types}, key_types, "").to_pylist()
         stamps = feast_seconds(_micros(batch[ts_col])).tolist()
         created = [None] * len(keys)
@@ -156,11 +161,12 @@ def materialize_sqlite(ws: Workspace, views: list[str] | None = None, end: datet
         conn.execute("PRAGMA synchronous = NORMAL")  # each batch's commit waits for the journal, not the disk twice
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")  # the B-trees' hot pages stay in memory
 
-        def write(view: FeatureView, rows: pa.Table, via_float: dict[str, bool] | None, progress) -> int:
+        def write(view: FeatureView, rows: Iterable[pa.RecordBatch], via_float: dict[str, bool] | None,
+                  progress) -> int:
             _require_table(conn, store, view)
             return write_view(conn, store, view, rows, via_float, batch_rows, progress, unique_keys=True)
 
-        return materialize_views(ws, store, write, views, end, incremental)
+        return materialize_views(ws, store, write, views, end, incremental, stream_rows=batch_rows)
 
 
 def _require_table(conn: sqlite3.Connection, store: FeatureStore, view: FeatureView) -> None:
