@@ -45,6 +45,7 @@ from pipelines.workspace import Workspace
 
 require("feast")  # the layout written here is Feast 0.67's implementation (see pipelines/compat.py)
 BATCH_ROWS = 20_000  # entity rows per transaction: bounded memory whatever the view's size
+CHUNK_KEYS = 500  # keys per statement: SQLite's bound-parameter limit, with room for several views
 CACHE_KIB = 32 * 1024  # SQLite's page cache while writing (default 2 MB; key-ordered inserts need little)
 _EPOCH = datetime(1970, 1, 1)
 _NUMBERS = {ValueType.INT64, ValueType.INT32, ValueType.FLOAT, ValueType.DOUBLE}
@@ -177,34 +178,43 @@ def _require_table(conn: sqlite3.Connection, store: FeatureStore, view: FeatureV
 
 
 class SqliteFeatureReader(ServiceReader):
-    """get_online_features for (query_id, item_id) pairs from Feast's SQLite store: one SELECT per
-    view for all the pairs' keys of that view."""
+    """get_online_features for (query_id, item_id) pairs from Feast's SQLite store. Views sharing
+    join keys (the pair views; items; queries) are read by one statement, a UNION ALL of one
+    SELECT per view over the request's distinct keys, whose serialized form is built once."""
 
     def __init__(self, ws: Workspace, service_name: str = "retriever_online", store: FeatureStore | None = None):
         super().__init__(ws, service_name, store)
         self.conn = connect(self.store)
         self._lock = threading.Lock()  # one connection, shared by a service's threads
-        self.plan = []
+        groups: dict[tuple[str, ...], list] = {}
         for view_name, wanted in self.fetch.items():
             view = self.views[view_name]
-            join_keys = sorted(view.join_keys)
-            self.plan.append((view_name, wanted, wire.entity_key_prefix(join_keys),
-                              [PAIR_POSITION[k] for k in join_keys], quote(table_name(self.store, view))))
+            groups.setdefault(tuple(sorted(view.join_keys)), []).append(
+                (view_name, wanted, quote(table_name(self.store, view))))
+        self.groups = [(wire.entity_key_prefix(list(keys)), [PAIR_POSITION[k] for k in keys], views)
+                       for keys, views in groups.items()]
 
     def _fetch(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list]:
         values: dict[tuple[str, str], list] = {}
-        for view_name, wanted, prefix, positions, table in self.plan:
-            keys = [b"".join([prefix, *(encoded_id(pair[p]) for p in positions)]) for pair in pairs]
-            unique = list(dict.fromkeys(keys))
-            found: dict[tuple[bytes, str], bytes] = {}
-            names = list(wanted)
-            for start in range(0, len(unique), 500):  # SQLite's bound-parameter limit, with room
-                chunk = unique[start:start + 500]
-                sql = (f"SELECT entity_key, feature_name, value FROM {table} WHERE entity_key IN "
-                       f"({', '.join('?' * len(chunk))}) AND feature_name IN ({', '.join('?' * len(names))})")
+        for prefix, positions, views in self.groups:
+            entities = [tuple(pair[p] for p in positions) for pair in pairs]
+            unique = {e: b"".join([prefix, *map(encoded_id, e)]) for e in dict.fromkeys(entities)}
+            keys = list(unique.values())
+            found: dict[tuple[int, bytes, str], bytes] = {}
+            for start in range(0, len(keys), CHUNK_KEYS):
+                chunk = keys[start:start + CHUNK_KEYS]
+                marks = ", ".join("?" * len(chunk))
+                sql = " UNION ALL ".join(
+                    f"SELECT {v}, entity_key, feature_name, value FROM {table} WHERE entity_key IN ({marks}) "
+                    f"AND feature_name IN ({', '.join('?' * len(wanted))})"
+                    for v, (_, wanted, table) in enumerate(views))
+                params = [p for _, wanted, _ in views for p in (*chunk, *wanted)]
                 with self._lock:
-                    rows = self.conn.execute(sql, [*chunk, *names]).fetchall()
-                found.update(((key, feature), value) for key, feature, value in rows)
-            for feature, vt in wanted.items():
-                values[(view_name, feature)] = [wire.decode_value(found.get((key, feature)), vt) for key in keys]
+                    rows = self.conn.execute(sql, params).fetchall()
+                found.update(((v, key, feature), value) for v, key, feature, value in rows)
+            ordered = [unique[e] for e in entities]
+            for v, (view_name, wanted, _) in enumerate(views):
+                for feature, vt in wanted.items():
+                    values[(view_name, feature)] = [wire.decode_value(found.get((v, key, feature)), vt)
+                                                    for key in ordered]
         return values
