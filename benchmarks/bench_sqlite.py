@@ -5,8 +5,9 @@ rows of bench_materialize.py) into a workspace's online.db through materialize_s
 on a --feast-rows table through ours and through Feast's `store.materialize` (each in its own
 process: peak RSS is its own); the two files written from that table are compared row by row.
 Lookups: 100 pairs per call (90% stored pairs, 10% random query x item) of `retriever_online` from
-the --rows store, through OnlineFeatures (the fast reader) and Feast's get_online_features, in the
-same process one after the other (--lookups each, after a warm-up).
+the --rows store, through OnlineFeatures (the fast reader; as a DataFrame and as the dict of columns
+the service reads) and Feast's get_online_features, in the same process one after the other
+(--lookups each, after a warm-up).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_sqlite.py [--rows 3000000] [--quick] [--out PATH]
 """
@@ -83,7 +84,8 @@ def lookup_child(root: str, view_name: str, lookups: str, batch: str, seed: str)
     other = rng.integers(0, len(q), (n + warm, size))
     mixed = rng.random((n + warm, size)) < 0.1
     batches = [[(q[r], it[o] if m else it[r]) for r, o, m in zip(rr, oo, mm)] for rr, oo, mm in zip(rows, other, mixed)]
-    paths = {"ours": OnlineFeatures(ws, SERVICE).get_online_features,
+    ours = OnlineFeatures(ws, SERVICE)
+    paths = {"ours": ours.get_online_features, "ours, dict of columns (what /retrieve reads)": ours.get_online_columns,
              "feast": OnlineFeatures(ws, SERVICE, engine="feast").get_online_features}
     out = {}
     for name, call in paths.items():

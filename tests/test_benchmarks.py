@@ -75,7 +75,7 @@ def test_bench_sqlite_quick(tmp_path):
     assert_rows(data["materialize"], "label", ["ours (sqlite_fast)", "ours, Feast's table",
                                                "plain Feast store.materialize"])
     assert data["identical_to_feast"] is True and data["lookups"]["equal_to_feast_on_20_batches"] is True
-    assert set(data["lookups"]["paths"]) == {"ours", "feast"}
+    assert set(data["lookups"]["paths"]) == {"ours", "ours, dict of columns (what /retrieve reads)", "feast"}
 
 
 def test_bench_dataset_quick(tmp_path):
