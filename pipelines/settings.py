@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal, get_args
 
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -17,6 +18,8 @@ from pipelines.workspace import DEFAULT_REPO, ConfigError, Workspace, online_sto
 
 ENV_PREFIX = "UNISUP_"
 FILE_ENV = "UNISUP_CONFIG"
+EncoderRuntime = Literal["torch", "onnx", "openvino"]  # pipelines/modeling/runtime.py runs the last two
+ENCODER_RUNTIMES: tuple[str, ...] = get_args(EncoderRuntime)
 
 
 def available_cores() -> int:
@@ -41,6 +44,12 @@ class Settings(BaseSettings):
                                                 "(a request is mostly Python, so one process uses about one core)")
     torch_threads: PositiveInt | None = Field(None, description="Encoder threads per service process "
                                                                 "(default: THREADS / WORKERS, at least 1)")
+    encoder_runtime: EncoderRuntime = Field(
+        "onnx", description="What runs the encoder for serving and catalog encoding: onnx (ONNX Runtime, float32; "
+                            "p50 2.6 ms a query vs torch's 4.4), openvino (float32) or torch, the first two on an "
+                            "ONNX export of the same weights cached in WORKSPACE/cache/encoders whose vectors match "
+                            "torch float32 (the gate of benchmarks/bench_encoder.py), so caches and indexes keep the "
+                            "weights' fingerprint")
     lanes: PositiveInt = Field(2, description="Batches (encode + search) a service process runs at once, "
                                               "each on its own thread (serving/batcher.py)")
     online_timeout: PositiveFloat = Field(0.5, description="Seconds an online read may take before an "

@@ -78,6 +78,17 @@ def test_bench_sqlite_quick(tmp_path):
     assert set(data["lookups"]["paths"]) == {"ours", "ours, dict of columns (what /retrieve reads)", "feast"}
 
 
+def test_bench_encoder_quick(tmp_path, tmp_path_factory):
+    # the export cache tests/test_encoder_runtime.py fills, if it ran first (else this run exports)
+    exports = tmp_path_factory.getbasetemp() / "encoder-exports"
+    data = run_quick("bench_encoder.py", tmp_path / "encoder.json", None, "--cache-dir", str(exports))
+    assert_rows(data["runs"], "label", ["torch fp32", "torch (unisup)", "onnxruntime fp32", "openvino fp32",
+                                        "openvino bf16"])
+    for r in data["runs"]:
+        assert r["query"]["latency"]["calls"] == data["queries"] and r["catalog"]["titles_per_s"] > 0
+        assert r["quality"]["queries_cos_min"] >= 0.999 and r["quality"]["titles_cos_min"] >= 0.999
+
+
 def test_bench_dataset_quick(tmp_path):
     data = run_quick("bench_dataset.py", tmp_path / "dataset.json")
     assert_rows(data["runs"], "engine", ["pit", "feast"])

@@ -23,8 +23,10 @@ from rich.progress import Progress
 
 from pipelines.index.store import FEATURE_SERVICE, IndexManifest, index_name, search, write_index
 from pipelines.modeling.registry import resolve
+from pipelines.modeling.runtime import EXPORT_CACHE, with_runtime
 from pipelines.retrieval import catalog_hash
 from pipelines.retrieval.dense import item_embeddings
+from pipelines.settings import Settings
 from pipelines.workspace import ConfigError, Workspace
 
 KINDS = ("flat", "hnsw")
@@ -72,9 +74,13 @@ def recall_at_k(index: faiss.Index, exact: faiss.Index, queries: np.ndarray, k: 
     return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth, got)]))
 
 
-def build_index(ws: Workspace, config: IndexConfig, progress: bool = True) -> IndexManifest:
+def build_index(ws: Workspace, config: IndexConfig, progress: bool = True,
+                runtime: str | None = None) -> IndexManifest:
     """Encode the lake's catalog with `config.model`, build the index and write it under
-    ws.indexes_dir; returns the manifest (its index_version names the directory)."""
+    ws.indexes_dir; returns the manifest (its index_version names the directory).
+
+    `runtime` (default: the encoder_runtime setting) runs the encoder: torch, or an export of the
+    same weights (pipelines.modeling.runtime); the embedding cache key is the weights' either way."""
     t0 = time.perf_counter()
     ref = resolve(ws.models_dir, config.model)
     items = ws.lake.read("items")[["item_id", "title"]].astype(str).reset_index(drop=True)
@@ -82,8 +88,10 @@ def build_index(ws: Workspace, config: IndexConfig, progress: bool = True) -> In
         raise ValueError(f"{ws.lake.path('items')} holds no items")
     with Progress(transient=True, disable=not progress) as bar:
         bar.add_task(f"loading model {ref.version}", total=None)
-        encoder = ref.load()
-        fingerprint = encoder.fingerprint()
+        torch_encoder = ref.load()
+        fingerprint = torch_encoder.fingerprint()
+        encoder = with_runtime(torch_encoder, runtime or Settings.load().encoder_runtime,
+                               ws.cache_dir / EXPORT_CACHE, fingerprint=fingerprint)
     ids, titles = items["item_id"].tolist(), items["title"].tolist()
     vectors = item_embeddings(encoder, ids, titles, cache_dir=ws.cache_dir / "retrieval")
     with Progress(transient=True, disable=not progress) as bar:

@@ -22,6 +22,8 @@ from pipelines.atomic import atomic_path
 from pipelines.features.repo import feature_store
 from pipelines.modeling.encoder import Encoder
 from pipelines.modeling.registry import resolve
+from pipelines.modeling.runtime import EXPORT_CACHE, RuntimeEncoder, with_runtime
+from pipelines.settings import Settings
 from pipelines.workspace import ConfigError, Workspace
 
 INDEX_FILE = "index.faiss"
@@ -118,15 +120,22 @@ def load_index(directory: Path) -> LoadedIndex:
 
 
 def load_encoder(manifest: IndexManifest, models_dir: Path, model_dir: Path | None = None,
-                 threads: int | None = None) -> Encoder:
+                 threads: int | None = None, runtime: str | None = None) -> Encoder | RuntimeEncoder:
     """The encoder an index was built with (its model version, or `model_dir`), checked by
-    fingerprint: query vectors from any other weights would not be comparable to the index's."""
+    fingerprint: query vectors from any other weights would not be comparable to the index's.
+
+    `runtime` (default: the encoder_runtime setting) says what runs it: torch, or ONNX Runtime /
+    OpenVINO on an export of these weights cached in the workspace (WORKSPACE/cache/encoders, the
+    workspace whose models_dir this is), whose vectors are checked against torch's on load."""
     path = Path(model_dir) if model_dir is not None else resolve(models_dir, manifest.model_version).path
     encoder = Encoder.load(path, threads=threads)
-    if encoder.fingerprint() != manifest.model_fingerprint:
-        raise IndexMismatch(f"model at {path} (fingerprint {encoder.fingerprint()}) is not the one index "
+    fingerprint = encoder.fingerprint()
+    if fingerprint != manifest.model_fingerprint:
+        raise IndexMismatch(f"model at {path} (fingerprint {fingerprint}) is not the one index "
                             f"{manifest.index_version} was built with ({manifest.model_fingerprint})")
-    return encoder
+    runtime = runtime or Settings.load().encoder_runtime
+    cache_dir = Workspace(root=Path(models_dir).parent).cache_dir / EXPORT_CACHE
+    return with_runtime(encoder, runtime, cache_dir, threads=threads, fingerprint=fingerprint)
 
 
 def index_dirs(indexes_dir: Path) -> list[Path]:

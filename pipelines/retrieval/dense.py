@@ -20,16 +20,20 @@ import pandas as pd
 
 from pipelines.atomic import atomic_path
 from pipelines.modeling.encoder import Encoder
+from pipelines.modeling.runtime import RuntimeEncoder
 from pipelines.retrieval import Hits, catalog_hash, to_hits
 
 _RECENT: dict[str, np.ndarray] = {}  # the last catalog encoded in this process, by cache key
 RECENT_QUERIES = 256  # query vectors a channel remembers (DenseChannel.recent_vector): a request's, not a batch's
 
 
-def item_embeddings(encoder: Encoder, item_ids: Sequence[str], titles: Sequence[str],
+def item_embeddings(encoder: Encoder | RuntimeEncoder, item_ids: Sequence[str], titles: Sequence[str],
                     cache_dir: Path | None = None) -> np.ndarray:
     """Title embeddings (n_items, dim) float32, reused from this process or cache_dir when the key
-    (model fingerprint + catalog hash) matches, else encoded and written to cache_dir when given."""
+    (model fingerprint + catalog hash) matches, else encoded and written to cache_dir when given.
+
+    A RuntimeEncoder (ONNX Runtime / OpenVINO) has its torch weights' fingerprint, so it fills and
+    reads the same entries as torch: its vectors pass the gate of pipelines/modeling/runtime.py."""
     catalog = pd.DataFrame({"item_id": list(item_ids), "title": list(titles)})
     key = f"items-{encoder.fingerprint()}-{catalog_hash(catalog)}"
     path = Path(cache_dir) / f"{key}.npy" if cache_dir is not None else None
