@@ -320,20 +320,27 @@ def realistic(make_workspace, redis_server):
     return ours, theirs
 
 
+def read_equals_feast(ws: Workspace, reader, service: str) -> pd.DataFrame:
+    """`reader.read` of request_pairs equals Feast's get_online_features of `service` (the same
+    columns, values and dtypes); the frame read, for further checks."""
+    pairs = request_pairs(ws, np.random.default_rng(1))
+    store = feature_store(ws)
+    ours = reader.read(pairs)
+    rows = [{"query_id": q, "item_id": i} for q, i in pairs]
+    feast = store.get_online_features(features=store.get_feature_service(service), entity_rows=rows).to_df()
+    assert sorted(ours.columns) == sorted(feast.columns)
+    pd.testing.assert_frame_equal(ours, feast[list(ours.columns)])
+    assert ours.iloc[-8:-5].isna().any().any()  # the unknown-id rows come back with nulls
+    return ours
+
+
 @pytest.mark.parametrize("service", ["retriever_online", "training"])
 def test_reader_equals_feast_on_both_writers_data(realistic, service):
     for ws in realistic:  # db 1 we wrote, db 0 Feast wrote
-        pairs = request_pairs(ws, np.random.default_rng(1))
-        store = feature_store(ws)
-        ours = RedisFeatureReader(ws, service).read(pairs)
-        rows = [{"query_id": q, "item_id": i} for q, i in pairs]
-        feast = store.get_online_features(features=store.get_feature_service(service), entity_rows=rows).to_df()
-        assert sorted(ours.columns) == sorted(feast.columns)
-        pd.testing.assert_frame_equal(ours, feast[list(ours.columns)])
+        ours = read_equals_feast(ws, RedisFeatureReader(ws, service), service)
         assert {"is_relevant", "gated_ctr_30d"} <= set(ours.columns)
         pair_missing = ours["expected_grade"].isna() & ours["title"].notna()  # item known, pair not
         assert pair_missing.any() and ours["expected_grade"].notna().any()
-        assert ours.iloc[-8:-5].isna().any().any()  # the unknown-id rows come back with nulls
 
 
 def agrees_on_random_requests(ws: Workspace, read) -> None:

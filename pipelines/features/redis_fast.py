@@ -66,7 +66,7 @@ def write_view(client: redis.Redis, project: str, view: FeatureView, table: pa.T
         for batch in table.to_batches(max_chunksize=batch_size):
             batch_rows = len(batch)
             raw_keys = wire.encode_entity_keys({k: batch[k] for k in key_types}, key_types, project)
-            micros = pc.cast(pc.cast(batch[ts_col], pa.timestamp("us", "UTC"), safe=False), pa.int64()).to_numpy()
+            micros = wire.column_micros(batch[ts_col])
             if dedup and pc.count_distinct(raw_keys).as_py() < len(batch):
                 keep = _first_newest(raw_keys, micros)
                 batch, raw_keys, micros = batch.take(keep), raw_keys.take(keep), micros[keep]

@@ -125,6 +125,11 @@ def encode_values(arr: pa.Array, value_type: ValueType, ints_via_float: bool | N
     return pa.array([p.SerializeToString() for p in protos], pa.binary())
 
 
+def column_micros(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """UTC microseconds of a timestamp column (any unit or zone), int64; a null reads 0."""
+    return pc.cast(pc.cast(arr, pa.timestamp("us", "UTC"), safe=False), pa.int64()).fill_null(0).to_numpy()
+
+
 def encode_timestamps(micros: np.ndarray) -> pa.BinaryArray:
     """google.protobuf.Timestamp bytes of UTC microseconds (Feast's `_ts:<view>` values)."""
     seconds, frac = np.divmod(micros.astype(np.int64), 1_000_000)

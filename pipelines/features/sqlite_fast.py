@@ -18,7 +18,8 @@ never overwrites a newer one (`WHERE excluded.event_ts >= event_ts`), as Feast's
 behaves and as a rerun or an out-of-order backfill needs. Equal event times overwrite (a corrected
 row of the same moment wins, as in Feast).
 
-Reads (`SqliteFeatureReader`): one SELECT per view for all of a request's keys.
+Reads (`SqliteFeatureReader`): one statement per join-key layout (a UNION ALL over the views that
+share it) for all of a request's distinct keys.
 """
 
 from __future__ import annotations
@@ -132,10 +133,10 @@ def write_view(conn: sqlite3.Connection, store: FeatureStore, view: FeatureView,
     offered = 0
     for batch in rows:
         keys = wire.encode_entity_keys({k: batch[k] for k in key_types}, key_types, "").to_pylist()
-        stamps = feast_seconds(_micros(batch[ts_col])).tolist()
+        stamps = feast_seconds(wire.column_micros(batch[ts_col])).tolist()
         created = [None] * len(keys)
         if created_col:
-            seconds = feast_seconds(_micros(batch[created_col])).astype(object)
+            seconds = feast_seconds(wire.column_micros(batch[created_col])).astype(object)
             seconds[~wire.valid_mask(batch[created_col])] = None
             created = seconds.tolist()
         columns = [(feature, wire.encode_values(batch[feature], vt, via_float).to_pylist(),
@@ -148,10 +149,6 @@ def write_view(conn: sqlite3.Connection, store: FeatureStore, view: FeatureView,
         if progress:
             progress(len(keys))
     return offered
-
-
-def _micros(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return pc.cast(pc.cast(arr, pa.timestamp("us", "UTC"), safe=False), pa.int64()).fill_null(0).to_numpy()
 
 
 def materialize_sqlite(ws: Workspace, views: list[str] | None = None, end: datetime | None = None,
