@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipelines.ranking.config import RankerTrainConfig
 from pipelines.ranking.losses import binomial_event_loss, cumulative_targets, ordinal_loss
 from pipelines.ranking.model import (
     GRADES,
@@ -21,8 +22,9 @@ from pipelines.ranking.model import (
     engagement_probabilities,
     relevance_probabilities,
 )
-from pipelines.ranking.train import choose_weights, impression_ece, relevance_targets
+from pipelines.ranking.train import choose_weights, impression_ece, out_of_query_popularity, relevance_targets
 from pipelines.ranking.value import ValueWeights, value
+from pipelines.workspace import ConfigError
 
 
 @given(seed=st.integers(0, 10_000), scale=st.floats(0.01, 100.0))
@@ -96,10 +98,26 @@ def test_relevance_targets_human_first_then_teacher_then_nothing():
     rows = pd.DataFrame({"grade": [2.0, np.nan, np.nan],
                          "grade_p0": [0.1, 0.1, np.nan], "grade_p1": [0.2, 0.2, np.nan],
                          "grade_p2": [0.3, 0.3, np.nan], "grade_p3": [0.4, 0.4, np.nan]})
-    targets, weights = relevance_targets(rows, teacher_weight=0.5)
+    targets, weights = relevance_targets(rows, RankerTrainConfig(teacher_weight=0.5, unjudged="teacher"))
     assert targets[0].tolist() == [1.0, 1.0, 0.0]  # human grade 2: 1[2 >= k]
     assert np.allclose(targets[1], [0.9, 0.7, 0.4])  # teacher: P(grade >= k) from its distribution
     assert weights.tolist() == [1.0, 0.5, 0.0]
+    targets, weights = relevance_targets(rows, RankerTrainConfig(teacher_weight=0.5, unjudged="zero"))
+    assert targets[0].tolist() == [1.0, 1.0, 0.0]  # the human grade still wins
+    assert targets[1].tolist() == [0.0, 0.0, 0.0]  # unjudged: grade 0 whatever the teacher says
+    assert weights.tolist() == [1.0, 0.5, 0.0]  # a row the teacher never labelled still trains nothing
+    with pytest.raises(ConfigError, match="unjudged label 'human': expected one of zero | teacher"):
+        RankerTrainConfig(unjudged="human")
+
+
+def test_out_of_query_popularity_takes_the_rows_own_judgments_out():
+    """4 judged pairs in all: item a judged for q1 and q2, item b for q1 only, item c for q3."""
+    rows = pd.DataFrame({"query_id": ["q1", "q1", "q2", "q9", "q9"], "item_id": ["a", "b", "a", "b", "z"],
+                         "popularity": np.array([2 / 4, 1 / 4, 2 / 4, 1 / 4, np.nan], np.float32),
+                         "popularity_own_judgments": [1, 1, 1, 0, 0], "popularity_judgments": 4})
+    out = out_of_query_popularity(rows)
+    assert out["popularity"].iloc[:4].tolist() == [1 / 4, 0.0, 1 / 4, 1 / 4]  # exactly 0: no other query judged b
+    assert np.isnan(out["popularity"].iloc[4])  # unknown stays unknown
 
 
 def test_value_weights_are_the_largest_engagement_within_tolerance():

@@ -332,6 +332,33 @@ def test_a_served_row_equals_the_training_row_of_the_same_pair(ws, server):
     assert compared > 100 and known > 0  # store features were compared, not only request-time ones
 
 
+def test_training_rows_hold_their_own_queries_share_of_item_popularity(ws, server):
+    """The ranker's table counts, per row, the judged pairs item popularity counts and how many of
+    them are the row's own query's (the lake's training judgments are the reference); the trainer's
+    out-of-query popularity is then the other queries' judgments of the item, and exactly 0 where
+    only the row's own query judged it."""
+    from pipelines.ranking.config import RankerDataConfig
+    from pipelines.ranking.data import ALL_JUDGMENTS, OWN_JUDGMENTS, training_table
+    from pipelines.ranking.train import out_of_query_popularity
+
+    rows, _ = training_table(ws, RankerDataConfig(candidates="rrf", quick=True))
+    queries, judgments = ws.lake.read("queries"), ws.lake.read("judgments")
+    train = judgments[judgments["query_id"].isin(queries.loc[queries["split"] == "train", "query_id"])
+                      & judgments["item_id"].isin(ws.lake.read("items")["item_id"])]
+    per_pair = train.groupby(["query_id", "item_id"]).size()
+    per_item = train.groupby("item_id").size()
+    assert (rows[ALL_JUDGMENTS] == len(train)).all()
+    own = [per_pair.get((q, i), 0) for q, i in zip(rows["query_id"], rows["item_id"])]
+    assert rows[OWN_JUDGMENTS].tolist() == own
+    assert (rows.loc[rows["relevance"].notna(), OWN_JUDGMENTS] >= 1).all()
+    others = np.array([per_item.get(i, 0) for i in rows["item_id"]]) - np.array(own)
+    popularity = out_of_query_popularity(rows)["popularity"].to_numpy()
+    known = ~np.isnan(popularity)
+    assert known.any() and (others[known] >= 0).all()
+    assert np.allclose(popularity[known] * len(train), others[known], atol=1e-6)
+    assert (popularity[known][others[known] == 0] == 0).all()
+
+
 def compare(server, body) -> httpx.Response:
     return httpx.post(f"{server.url}/compare", json=body, timeout=60)
 

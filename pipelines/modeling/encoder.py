@@ -38,6 +38,18 @@ def bf16_is_fast() -> bool:
     return compat.bf16_supported()
 
 
+def offline_transformers():
+    """The transformers module, offline (no hub is reachable; every model is a local directory) and
+    without its per-load progress bars ("Loading weights", "Writing model shards"): they say nothing
+    to a user of a command whose own progress is shown."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
 def minilm_dir() -> Path:
     """Directory of the packaged all-MiniLM-L6-v2 (the one place that knows where it lives).
 
@@ -83,15 +95,12 @@ class Encoder:
         ~1e-4 in cosine (measured on Home Depot titles: min 0.99991), far below what moves a ranking,
         so caches and indexes keep one key (the float32 weights' fingerprint) whichever precision
         computed them."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
-
+        transformers = offline_transformers()
         if threads is not None:
             torch.set_num_threads(threads)
         path = Path(path) if path is not None else minilm_dir()
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = transformers.AutoModel.from_pretrained(path, local_files_only=True).eval()
         return cls(model=model, tokenizer=tokenizer, path=path, max_length=max_length,
                    bf16=bf16_is_fast() if bf16 is None else bf16)
 

@@ -18,6 +18,13 @@ Labels:
     what the ranker scores) their output is extrapolation: on Home Depot it drove P(click) to ~1
     for never-shown items and the value model ranked those first.
 
+Popularity out of query: item_profile's `popularity` counts the training split's judged pairs, so
+a training query's judged items carry their own judgment in it: a label leaking into a feature
+(on Home Depot the ranker learned "popularity > 0 means judged and relevant" on fit and calib
+queries, and on new queries, whose judgments no feature holds, fell below BM25). The table keeps the
+stored value (a served row equals its training row), the number of judged pairs popularity counts
+and how many of them are the row's own; the trainer takes those out (train.out_of_query_popularity).
+
 Roles: the teacher's fit/calib split of training queries (pipelines.teacher.calibrate.teacher_role):
 the ranker fits on "fit" queries and chooses its value weights and epochs on "calib" queries.
 """
@@ -39,6 +46,7 @@ from pipelines.ranking.config import RankerDataConfig
 from pipelines.ranking.features import assemble, pair_features, store_views
 from pipelines.retrieval.pair_features import PairScorer
 from pipelines.retrieval.runner import ModelRunner
+from pipelines.signals.item_profile import popularity_judgments
 from pipelines.signals.spec import SignalContext
 from pipelines.signals.training import training_judgments, training_queries
 from pipelines.simulation import EXAMINATION, BM25Ranker, ClickConfig, fixed_ranker, simulate
@@ -51,6 +59,9 @@ TEACHER = ["grade_p0", "grade_p1", "grade_p2", "grade_p3"]  # teacher_labels' gr
 WINDOWS = ("fit", "heldout")  # future traffic windows: train the engagement heads / measure them
 LOGS = ("logged", "explore")  # BM25's pages and the exploration slice (module docstring)
 EVENTS = ("impressions", "clicks", "orders")
+# item popularity's judged pairs: those of the row's own query, and all of them (data.py docstring)
+OWN_JUDGMENTS, ALL_JUDGMENTS = "popularity_own_judgments", "popularity_judgments"
+TABLE_LAYOUT = 2  # part of the cache key: a table cached by older code lacks columns this code reads
 
 
 def training_table(ws: Workspace, config: RankerDataConfig,
@@ -73,12 +84,13 @@ def training_table(ws: Workspace, config: RankerDataConfig,
 
 
 def table_key(ws: Workspace, config: RankerDataConfig) -> str:
-    """Config + size and mtime of every signal table, lake table and the candidate model's files."""
+    """Table layout, config, size and mtime of every signal table, lake table and the candidate
+    model's files."""
     dense = config.candidates.partition(":")[2]
     watched = [*sorted(ws.features_dir.glob("[!.]*")), *sorted(ws.lake.root.glob("[!.]*")),
                *(sorted((ws.models_dir / dense).glob("[!.]*")) if dense else [])]
     state = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in watched if p.is_file()]
-    return hashlib.sha256(json.dumps([asdict(config), state]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([TABLE_LAYOUT, asdict(config), state]).encode()).hexdigest()[:16]
 
 
 def build_table(ws: Workspace, config: RankerDataConfig, console: Console) -> tuple[pd.DataFrame, dict]:
@@ -113,6 +125,10 @@ def build_table(ws: Workspace, config: RankerDataConfig, console: Console) -> tu
     rows["grade"] = np.nan
     known = rows["relevance"].notna()
     rows.loc[known, "grade"] = to_grade(rows.loc[known, "relevance"])
+    popular = popularity_judgments(ctx)
+    own = popular.groupby(["query_id", "item_id"]).size().rename(OWN_JUDGMENTS).reset_index()
+    rows = rows.merge(own, on=["query_id", "item_id"], how="left").fillna({OWN_JUDGMENTS: 0})
+    rows[ALL_JUDGMENTS] = len(popular)
     console.print(f"ranker data: {len(rows):,} rows, {int(known.sum()):,} human-graded, "
                   f"{int((~known & rows[TEACHER[0]].notna()).sum()):,} teacher-labelled, "
                   f"{int(rows[[f'position_{log}' for log in LOGS]].notna().any(axis=1).sum()):,} shown pairs")

@@ -1,19 +1,21 @@
 """The ranker's trainer: read it top to bottom.
 
 1. The training table (data.py): candidates + logged impressions of the training queries, features,
-   labels. "fit" queries train, "calib" queries choose the epoch and the value weights.
+   labels; item popularity without the row's own query's judgments. "fit" queries train, "calib"
+   queries choose the epoch and the value weights.
 2. FeatureSpec fitted on the fit rows (features.py); per epoch, query-keyed store features are
    blanked for `drop_share` of the queries (a new draw each epoch): the new-query regime.
 3. Loss per batch = relevance (CORAL BCE on cumulative targets: human 1[grade >= k] with weight 1,
-   the teacher's cumulative probabilities with `teacher_weight`) + click + order (position-based
-   binomial likelihood of future traffic, examination curve known from the simulator).
+   unjudged candidates at `teacher_weight` as grade 0 or as the teacher's cumulative probabilities,
+   by `unjudged`: see relevance_targets) + click + order (position-based binomial likelihood of
+   future traffic, examination curve known from the simulator).
 4. After each epoch, calib NDCG@10 of expected relevance with every query-keyed feature blanked
    (how dev and new queries are served); the best epoch's weights are kept.
 5. Value weights: a grid of engagement weights scored on calib (NDCG@10, and expected clicks and
    orders of the top 10 under the model's own engagement heads); the default is the largest
    engagement weight whose calib NDCG@10 stays within `ndcg_tolerance` of the best.
 6. The LambdaMART baseline (LightGBM lambdarank) on the same rows, features (raw, nulls kept) and
-   labels (human grade, else the teacher's most probable grade), early-stopped on calib.
+   labels (human grade, else as `unjudged` says), its rounds chosen on calib.
 Output: workspace/models/rankers/<name>/ (ranker.pt, lambdamart.txt, ranker.json).
 """
 
@@ -31,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pipelines.metrics import evaluate
 from pipelines.ranking.config import RankerDataConfig, RankerTrainConfig
-from pipelines.ranking.data import LOGS, TEACHER, training_table
+from pipelines.ranking.data import ALL_JUDGMENTS, LOGS, OWN_JUDGMENTS, TEACHER, training_table
 from pipelines.ranking.features import FeatureSpec, drop_query_features
 from pipelines.ranking.losses import binomial_event_loss, ordinal_loss
 from pipelines.ranking.model import GRADES, Ranker, RankerConfig, engagement_probabilities
@@ -53,13 +55,14 @@ def train_ranker(ws: Workspace, name: str, data: RankerDataConfig, config: Ranke
     rng = np.random.default_rng(config.seed)
     started = time.perf_counter()
     rows, views = training_table(ws, data, console)
+    rows = out_of_query_popularity(rows)
     fit = rows[rows["role"] == "fit"].reset_index(drop=True)
     calib = rows[(rows["role"] == "calib") & rows["request_fusion_score"].gt(0)].reset_index(drop=True)  # as served
     spec = FeatureSpec.fit(fit, views)
     calib_new = drop_query_features(calib, spec, share=1.0, seed=config.seed)  # every calib query "new"
     calib_judged = calib.loc[calib["relevance"].notna(), ["query_id", "item_id", "relevance"]]
 
-    targets, weights = relevance_targets(fit, config.teacher_weight)
+    targets, weights = relevance_targets(fit, config)
     logs = {log: shown_counts(fit, log, "fit") for log in LOGS}  # log -> (examination, {event: counts}, impressions)
     model = Ranker(len(spec.inputs), RankerConfig())
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
@@ -116,6 +119,16 @@ def train_ranker(ws: Workspace, name: str, data: RankerDataConfig, config: Ranke
     return json.loads(files.meta.read_text())
 
 
+def out_of_query_popularity(rows: pd.DataFrame) -> pd.DataFrame:
+    """rows with item popularity as it would read had the row's own query never been judged (its
+    judgments taken out; data.py says why): what a new query's candidates read at serving."""
+    if "popularity" not in rows:
+        return rows
+    total = rows[ALL_JUDGMENTS].to_numpy(np.float64)
+    counts = np.round(rows["popularity"].to_numpy(np.float64) * total)  # exact: trees must not split 0 from 1e-12
+    return rows.assign(popularity=np.maximum(counts - rows[OWN_JUDGMENTS].to_numpy(), 0.0) / np.maximum(total, 1.0))
+
+
 def shown_counts(rows: pd.DataFrame, log: str, window: str) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """(examination probability of each row's position in `log`, 0 if never shown; clicks and
     orders; impressions) of one log and window, float32 arrays aligned with rows."""
@@ -165,17 +178,27 @@ def impression_ece(pred: np.ndarray, events: np.ndarray, trials: np.ndarray) -> 
     return binned_ece(pred, rate, weights=trials)
 
 
-def relevance_targets(rows: pd.DataFrame, teacher_weight: float) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative targets (n, GRADES-1) and row weights: human grades where judged, else the
-    teacher's cumulative probabilities at `teacher_weight`, else weight 0."""
+def relevance_targets(rows: pd.DataFrame, config: RankerTrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative targets (n, GRADES-1) and row weights: human grades where judged, else (weight
+    `config.teacher_weight`) grade 0 (unjudged = "zero") or the teacher's cumulative probabilities
+    (unjudged = "teacher"), on rows the teacher labelled; rows it did not label get weight 0.
+
+    Why "zero" is the default: a training query's judged items are what Home Depot's engine showed,
+    and that is the pool every judgment set of this kind scores against (unjudged = gain 0). With
+    the teacher's labels the ranker promotes unjudged look-alikes the teacher calls relevant, which
+    the condensed NDCG forgives and the pooled one does not; chosen on calib queries (README,
+    Ranking), where "zero" ranked better in both forms."""
     human = rows["grade"].to_numpy(np.float64)
     levels = np.arange(1, GRADES)
     targets = (human[:, None] >= levels).astype(np.float32)
     teacher = rows[TEACHER].to_numpy(np.float64)
-    teacher_cum = np.cumsum(teacher[:, ::-1], axis=1)[:, ::-1][:, 1:]  # P(grade >= k), k = 1..3
     use_teacher = np.isnan(human) & ~np.isnan(teacher).any(axis=1)
-    targets[use_teacher] = np.clip(teacher_cum[use_teacher], 0.0, 1.0)  # rows whose probabilities overshoot 1
-    weights = np.where(~np.isnan(human), 1.0, np.where(use_teacher, teacher_weight, 0.0)).astype(np.float32)
+    if config.unjudged == "teacher":
+        teacher_cum = np.cumsum(teacher[:, ::-1], axis=1)[:, ::-1][:, 1:]  # P(grade >= k), k = 1..3
+        targets[use_teacher] = np.clip(teacher_cum[use_teacher], 0.0, 1.0)  # rows whose probabilities overshoot 1
+    else:
+        targets[use_teacher] = 0.0
+    weights = np.where(~np.isnan(human), 1.0, np.where(use_teacher, config.teacher_weight, 0.0)).astype(np.float32)
     return np.nan_to_num(targets, nan=0.0).astype(np.float32), weights
 
 
@@ -217,15 +240,20 @@ def fit_lambdamart(fit: pd.DataFrame, calib: pd.DataFrame, calib_judged: pd.Data
     scores a query without a relevant candidate as 1 and takes the ideal list from the candidates
     only, and on Home Depot it peaked after one round (0.44, our NDCG@10 of that model 0.29).
 
-    Labels in quarter grades, 0..12 with linear gains: 4 x the human grade where judged, else 4 x
-    the teacher's expected grade rounded. (The teacher's most probable grade, tried first, is 2 for
-    almost every candidate: lists with nearly one label.)"""
+    Labels in quarter grades, 0..12 with linear gains: 4 x the human grade where judged, else (by
+    `unjudged`) 0 or 4 x the teacher's expected grade rounded, on rows the teacher labelled. (The
+    teacher's most probable grade, tried first, is 2 for almost every candidate: lists with nearly
+    one label.)"""
     import lightgbm as lgb
 
     def labelled(rows: pd.DataFrame, share: float, seed: int):
         label = 4 * rows["grade"].to_numpy(np.float64)  # labels from the rows as stored, features dropped after
         expected = rows[TEACHER].to_numpy(np.float64) @ np.arange(GRADES)
-        label = np.where(np.isnan(label), np.clip(np.round(4 * expected), 0, 4 * (GRADES - 1)), label)
+        if config.unjudged == "teacher":
+            unjudged = np.clip(np.round(4 * expected), 0, 4 * (GRADES - 1))
+        else:
+            unjudged = np.where(np.isnan(expected), np.nan, 0.0)  # rows the teacher did not label stay out
+        label = np.where(np.isnan(label), unjudged, label)
         rows = drop_query_features(rows, spec, share, seed).assign(label=label).sort_values("query_id", kind="stable")
         label = rows.pop("label").to_numpy()
         keep = ~np.isnan(label)

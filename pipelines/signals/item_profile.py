@@ -30,11 +30,19 @@ item_profile_fv = FeatureView(
 )
 
 
+def popularity_judgments(ctx: SignalContext) -> pd.DataFrame:
+    """The judged pairs `popularity` counts: the training split's judgments of catalog items (dev
+    judgments are never read). The ranker's trainer reads them too, to take each training query's
+    own judgments out of its rows' popularity (pipelines.ranking.data)."""
+    judged = training_judgments(ctx, ctx.lake.read("queries"))
+    return judged[judged["item_id"].isin(ctx.lake.read("items")["item_id"])]
+
+
 def item_profile(ctx: SignalContext) -> pd.DataFrame:
     """Title, its length, and popularity = the item's share of the training split's judged pairs (a
-    traffic proxy; dev judgments are never read)."""
+    traffic proxy)."""
     items = ctx.lake.read("items")
-    judged = training_judgments(ctx, ctx.lake.read("queries")).groupby("item_id").size()
+    judged = popularity_judgments(ctx).groupby("item_id").size()
     counts = items["item_id"].map(judged).fillna(0).to_numpy(dtype="float64")
     return pd.DataFrame({
         "item_id": items["item_id"],

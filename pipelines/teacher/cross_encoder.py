@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,7 +46,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from pipelines.atomic import atomic_path, write_json
-from pipelines.modeling.encoder import bf16_is_fast, mean_pool
+from pipelines.modeling.encoder import bf16_is_fast, mean_pool, offline_transformers
 from pipelines.settings import available_cores
 from pipelines.teacher.grades import GRADES, from_cumulative
 
@@ -133,25 +132,22 @@ class CrossEncoder(nn.Module):
 
     @classmethod
     def build(cls, config: CrossEncoderConfig) -> CrossEncoder:
-        from transformers import AutoModel, AutoTokenizer
-
         from pipelines.modeling.encoder import minilm_dir
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        transformers = offline_transformers()
         path = Path(config.init_dir) if config.init_dir else minilm_dir()
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        encoder = AutoModel.from_pretrained(path, local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        encoder = transformers.AutoModel.from_pretrained(path, local_files_only=True)
         head = OrdinalHead(encoder.config.hidden_size, config.dropout)
         return cls(encoder, tokenizer, head, config.max_length, config.bf16, config.threads)
 
     @classmethod
     def load(cls, path: Path | str) -> CrossEncoder:
-        from transformers import AutoModel, AutoTokenizer
-
+        transformers = offline_transformers()
         path = Path(path)
         config = CrossEncoderConfig(**json.loads((path / "train_config.json").read_text()))
-        tokenizer = AutoTokenizer.from_pretrained(path / "model", local_files_only=True)
-        encoder = AutoModel.from_pretrained(path / "model", local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path / "model", local_files_only=True)
+        encoder = transformers.AutoModel.from_pretrained(path / "model", local_files_only=True)
         head = OrdinalHead(encoder.config.hidden_size, config.dropout)
         head.load_state_dict(torch.load(path / "head.pt", weights_only=True))
         return cls(encoder, tokenizer, head, config.max_length, config.bf16, config.threads).eval()
