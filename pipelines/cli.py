@@ -28,7 +28,7 @@ from pipelines.index.build import IndexConfig
 from pipelines.ranking.config import RankerDataConfig, RankerTrainConfig
 from pipelines.settings import Settings
 from pipelines.training.config import DataConfig, TargetConfig, TrainConfig
-from pipelines.workspace import HOMEDEPOT, PROJECT_ROOT, ConfigError, Workspace
+from pipelines.workspace import HOMEDEPOT, PROJECT_ROOT, ConfigError, Workspace, masked
 from pipelines.workspace_lock import WorkspaceBusy, writer_lock
 
 MODEL_NAMES = ("bm25 | char | rrf | rrf:VERSION | an encoder version | "  # pipelines.evaluation.models
@@ -95,18 +95,27 @@ def main(
 
 
 @contextmanager
-def friendly_errors() -> Iterator[None]:
-    """Known bad-input errors become one red line and exit code 2, never a traceback."""
+def friendly_errors(online: str | None = None) -> Iterator[None]:
+    """Known bad-input errors become one red line and exit code 2, never a traceback. With `online`
+    (a command that reads or writes the online store), so do the store's errors (refused, wrong
+    password, TLS), naming its URL with the password masked."""
+    from redis.exceptions import RedisClusterException, RedisError
+
     from pipelines.features.dataset import EntityFileError
     from pipelines.features.produce import SignalTableError
     from pipelines.features.repo import UnknownSignal
     from pipelines.ingest.errors import IngestError
 
+    store_errors = (RedisError, RedisClusterException) if online else ()
     try:
         yield
     except (ConfigError, IngestError, EntityFileError, SignalTableError, UnknownSignal, WorkspaceBusy,
             FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    except store_errors as exc:
+        console.print(f"[red]error:[/red] online store {escape(masked(online))}: {type(exc).__name__}: "
+                      f"{escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -208,13 +217,28 @@ def signals_report_cmd(
     console.print(f"report -> {out}, {out.with_suffix('.md').name}")
 
 
+ENGINE_HELP = "duckdb | ray: Feast's offline store and batch engine for this command (default: the offline setting)"
+
+
+def with_engine(ws: Workspace, engine: str | None) -> Workspace:
+    """The workspace on the --engine of apply / materialize / dataset build: 'ray' keeps a cluster
+    address from the offline setting, else a local Ray; None keeps the setting."""
+    if engine is None or engine == ws.offline or (engine == "ray" and ws.offline.startswith("ray")):
+        return ws
+    if engine not in ("duckdb", "ray"):
+        raise ConfigError(f"--engine {engine!r}: expected duckdb or ray")
+    return replace(ws, offline=engine)
+
+
 @app.command("apply")
-def apply_cmd(ctx: typer.Context) -> None:
+def apply_cmd(ctx: typer.Context, engine: str | None = typer.Option(None, help=ENGINE_HELP)) -> None:
     """Register the feature repo's entities, views and services in the workspace registry."""
     from pipelines.features.repo import apply
 
     ws = writing(ctx)
-    with friendly_errors(), console.status("feast apply"):
+    with friendly_errors():
+        ws = with_engine(ws, engine)
+    with friendly_errors(ws.online), console.status("feast apply"):
         contents = apply(ws)
     console.print(f"applied {len(contents.views)} views, {len(contents.on_demand_views)} on-demand, "
                   f"services {[s.name for s in contents.services]} -> {ws.root / 'registry.db'}")
@@ -225,16 +249,19 @@ def materialize_cmd(
     ctx: typer.Context,
     full: bool = typer.Option(False, "--full", help="Reload each view's whole TTL window"),
     end: str | None = typer.Option(None, help="Up to this time (default: now)"),
+    engine: str | None = typer.Option(None, help=ENGINE_HELP),
 ) -> None:
     """Load the latest feature values into the online store (incremental by default)."""
     from pipelines.features.materialize import materialize
 
     ws = writing(ctx)
-    end_ts = pd.Timestamp(end, tz="UTC").to_pydatetime() if end else None
     with friendly_errors():
+        ws = with_engine(ws, engine)
+    end_ts = pd.Timestamp(end, tz="UTC").to_pydatetime() if end else None
+    with friendly_errors(ws.online):
         report = materialize(ws, incremental=not full, end=end_ts)
     console.print(f"materialized {report.views} up to {report.end:%Y-%m-%d %H:%M:%S} "
-                  f"into {ws.online} in {report.seconds:.1f}s")
+                  f"into {masked(ws.online)} in {report.seconds:.1f}s")
     if report.refilled:
         console.print(f"loaded in full (the online store had no watermark for them: new, flushed or emptied): "
                       f"{report.refilled}")
@@ -246,12 +273,14 @@ def dataset_build_cmd(
     entities: Path = typer.Option(..., help="Entity rows: parquet/CSV with query_id, item_id, event_timestamp"),
     out: Path = typer.Option(..., help="Output dir for dataset.parquet and lineage.json"),
     service: str = typer.Option("training", help="FeatureService to read"),
-    engine: str = typer.Option("duckdb", help="duckdb (fast, same semantics) | feast (plain SDK)"),
+    engine: str | None = typer.Option(None, help="duckdb (fast, same semantics) | feast (plain SDK) | ray (Feast's "
+                                                 "Ray offline store; default when the offline setting is Ray)"),
 ) -> None:
     """Point-in-time join of a FeatureService onto entity rows, with lineage."""
     from pipelines.features.dataset import build_dataset
 
     ws = writing(ctx)
+    engine = engine or ("ray" if ws.offline.startswith("ray") else "duckdb")
     with friendly_errors(), console.status(f"building point-in-time set from {service!r}"):
         result = build_dataset(ws, entities, out, service=service, engine=engine)
     nulls = {k: v for k, v in result.lineage["null_rate"].items() if v > 0}
@@ -324,7 +353,7 @@ def consistency_cmd(
     from pipelines.features.consistency import check_consistency
 
     ws: Workspace = ctx.obj.as_workspace()
-    with friendly_errors(), console.status("comparing offline and online stores"):
+    with friendly_errors(ws.online), console.status("comparing offline and online stores"):
         report = check_consistency(ws, n=n, seed=seed, service=service)
     if report.ok:
         console.print(f"[green]consistent[/green]: {report.keys} keys x {len(report.features)} features")
@@ -429,7 +458,7 @@ def serve_cmd(
         manifest = check_servable(settings.as_workspace(), settings.index)
     env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, **settings.environment()}
     console.print(f"serving index {manifest.index_version} (model {manifest.model_version}) "
-                  f"with features from {settings.online} on http://{host}:{port}")
+                  f"with features from {masked(settings.online)} on http://{host}:{port}")
     os.execve(sys.executable, [sys.executable, "-m", "bentoml", "serve", "serving.service:RetrieverService",
                                "--host", host, "--port", str(port), "--working-dir", str(PROJECT_ROOT)], env)
 
@@ -462,7 +491,7 @@ def demo_cmd(
     """End to end: ingest -> signals -> apply -> materialize -> training set -> consistency -> lookup."""
     from pipelines.demo import run_demo
 
-    with friendly_errors():
+    with friendly_errors(ctx.obj.online):
         ok = run_demo(writing(ctx), console, quick=quick, synthetic=synthetic or not HOMEDEPOT.exists())
     raise typer.Exit(0 if ok else 1)
 
@@ -497,7 +526,7 @@ def eval_cmd(
     from pipelines.metrics import METRICS
 
     ws = writing(ctx)
-    with friendly_errors(), known_models():
+    with friendly_errors(ws.online), known_models():
         if (judgments is None) == (split is None):
             raise ConfigError("give exactly one of --judgments FILE and --split NAME")
         config = EvalConfig(**({"models": tuple(dict.fromkeys(model))} if model else {}), judgments=judgments,
@@ -525,6 +554,7 @@ def rank_train_cmd(
     n: int = option(RankerDataConfig, "n"),
     quick: bool = option(RankerDataConfig, "quick"),
     epochs: int = option(RankerTrainConfig, "epochs"),
+    unjudged: str = option(RankerTrainConfig, "unjudged"),
     teacher_weight: float = option(RankerTrainConfig, "teacher_weight"),
     drop_share: float = option(RankerTrainConfig, "drop_share"),
     seed: int = option(RankerTrainConfig, "seed"),
@@ -535,8 +565,8 @@ def rank_train_cmd(
     ws = writing(ctx)
     with friendly_errors(), known_models():
         meta = train_ranker(ws, name, RankerDataConfig(candidates=candidates, n=n, quick=quick, seed=seed),
-                            RankerTrainConfig(epochs=epochs, teacher_weight=teacher_weight, drop_share=drop_share,
-                                              seed=seed), console)
+                            RankerTrainConfig(epochs=epochs, unjudged=unjudged, teacher_weight=teacher_weight,
+                                              drop_share=drop_share, seed=seed), console)
     table = Table("click weight", "order weight", "calib NDCG@10", "E(clicks)@10", "E(orders)@10",
                   title=f"value grid on calib queries (chosen: {meta['value_weights']})")
     for g in meta["value_grid"]:
@@ -564,7 +594,7 @@ def rank_tradeoff_cmd(
 
     ws = writing(ctx)
     out = out or ws.root / "reports" / f"tradeoff-{ranker}-{split}"
-    with friendly_errors(), known_models():
+    with friendly_errors(ws.online), known_models():
         report = value_tradeoff(ws, ranker, baseline, ABConfig(a=baseline, b=f"search:{ranker}", split=split,
                                                                impressions=impressions, seed=seed), out)
     table = Table("click w", "order w", "NDCG@10", "condensed", "irrelevant@10", "CTR", "orders/search",
@@ -595,7 +625,7 @@ def ab_cmd(
     ws = writing(ctx)
     config = ABConfig(a=a, b=b, split=split, impressions=impressions, days=days, seed=seed, resamples=resamples)
     out = out or default_out(ws, config)
-    with friendly_errors(), known_models():
+    with friendly_errors(ws.online), known_models():
         report = run_ab(ws, config, out)
     table = Table("metric", f"A {a}", f"B {b}", "B - A [95% CI]", title=f"{report['searches']:,} searches per arm")
     for name, m in report["metrics"].items():

@@ -25,14 +25,14 @@ upgrade has one file to review:
 * `parameter_versions`: each torch Parameter's `_version` counter, which a training step or
   load_state_dict bumps; the encoder remakes its bfloat16 copy when it changes.
 
-`redis_kwargs` is not a hook: it parses Feast's documented connection string
-("host:port,db=N[,password=...]") the way Feast's RedisOnlineStore does, instead of calling its
-private `_parse_connection_string`; tests/test_compat.py checks the two agree.
+`redis_connection` is not a hook: it parses Feast's documented connection string
+("host:port[,host:port...],db=N[,password=...]") the way Feast's RedisOnlineStore does, instead of
+calling its private `_parse_connection_string`; tests/test_compat.py checks the two agree.
 
 Each hook first checks the installed version against TESTED and raises IncompatibleLibrary,
 once per process and only when a hook is first used (importing this module checks nothing and
-imports neither library). The gate for moving TESTED to a new Feast is tests/test_redis_fast.py
-and tests/test_sqlite_fast.py,
+imports neither library). The gate for moving TESTED to a new Feast is tests/test_redis_fast.py,
+tests/test_redis_cluster.py and tests/test_sqlite_fast.py,
 whose byte-for-byte comparisons with Feast's own writer and reader cover these hooks and the
 Redis layout redis_wire reproduces, plus tests/test_compat.py and tests/test_pit.py.
 """
@@ -100,11 +100,12 @@ def recv_into(connection: Any, buffer: bytearray) -> int:
     return sock.recv_into(buffer)
 
 
-def redis_kwargs(connection_string: str) -> dict[str, Any]:
-    """redis.Redis keyword arguments from Feast's "host:port,key=value,..." connection string.
+def redis_connection(connection_string: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """(host, port) of every node and the redis-py keyword arguments in Feast's "host:port,key=value,..."
+    connection string.
 
     As Feast reads it: values that parse as JSON become that (db=1 -> 1, ssl=true -> True), others
-    stay strings; for a plain (non-cluster) Redis the first host:port is the server."""
+    stay strings; a plain Redis is the first node, a cluster client starts from all of them."""
     nodes, params = [], {}
     for part in connection_string.split(","):
         if "=" in part:
@@ -114,11 +115,14 @@ def redis_kwargs(connection_string: str) -> dict[str, Any]:
             except json.JSONDecodeError:
                 params[key] = value
         else:
-            nodes.append(part)
-    host, _, port = nodes[0].partition(":") if nodes else ("", "", "")
-    if not host or not port.isdigit():
+            host, _, port = part.partition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"redis connection string {connection_string!r}: expected "
+                                 "'host:port[,host:port...][,key=value...]'")
+            nodes.append((host, int(port)))
+    if not nodes:
         raise ValueError(f"redis connection string {connection_string!r}: expected 'host:port[,key=value...]'")
-    return {**params, "host": host, "port": int(port)}
+    return nodes, params
 
 
 def bf16_supported() -> bool:

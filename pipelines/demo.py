@@ -10,7 +10,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.workspace import HOMEDEPOT, Workspace
+from pipelines.workspace import HOMEDEPOT, Workspace, masked
 
 
 def run_demo(ws: Workspace, console: Console, quick: bool = False, synthetic: bool = False,
@@ -75,8 +75,8 @@ def run_demo(ws: Workspace, console: Console, quick: bool = False, synthetic: bo
     console.print(f"  {manifest.items:,} items x {manifest.dim} ({manifest.model_version}) -> "
                   f"{ws.indexes_dir / manifest.index_version}")
     step("search examples", lambda: show_search(ws, console, seed))
-    console.print(f"Look at search yourself: [bold]unisup --workspace {ws.root} --online {ws.online} serve[/bold], "
-                  "then open http://127.0.0.1:3000/ (the inspector: two configurations side by side)")
+    console.print(f"Look at search yourself: [bold]unisup --workspace {ws.root} --online {masked(ws.online)} "
+                  "serve[/bold], then open http://127.0.0.1:3000/ (the inspector: two configurations side by side)")
     return report.ok
 
 

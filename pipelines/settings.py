@@ -14,7 +14,15 @@ from typing import Literal, get_args
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from pipelines.workspace import DEFAULT_REPO, ConfigError, Workspace, online_store_config
+from pipelines.workspace import (
+    DEFAULT_REPO,
+    OFFLINE_STORES,
+    ConfigError,
+    Workspace,
+    masked,
+    offline_store_config,
+    online_store_config,
+)
 
 ENV_PREFIX = "UNISUP_"
 FILE_ENV = "UNISUP_CONFIG"
@@ -33,8 +41,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     workspace: Path = Field(Path("workspace"), description="Workspace dir (lake, signal tables, registry, models)")
-    online: str = Field("sqlite", description="Online store: 'sqlite' or redis://HOST:PORT/DB")
+    online: str = Field("sqlite", description="Online store: 'sqlite', redis://[USER:PASSWORD@]HOST:PORT/DB, "
+                                              "rediss://... (TLS), redis+cluster://HOST:PORT[,HOST:PORT...] or "
+                                              "rediss+cluster://... (Redis Cluster)")
     repo: Path = Field(DEFAULT_REPO, description="Feature repo dir (the signal registry and services)")
+    offline: str = Field("duckdb", description=f"Offline store and batch engine of apply, materialize and dataset "
+                                               f"build: {' | '.join(OFFLINE_STORES)} (ray: Feast's Ray store and "
+                                               f"engine on a local Ray the command starts; ray://: a Ray cluster)")
     threads: PositiveInt = Field(default_factory=available_cores,
                                  description="torch threads of training and batch inference (default: all cores)")
     index: Path | None = Field(None, description="Index dir to serve (default: the newest in WORKSPACE/indexes)")
@@ -66,6 +79,12 @@ class Settings(BaseSettings):
         online_store_config(value, Path("."))  # raises ConfigError naming the value
         return value
 
+    @field_validator("offline")
+    @classmethod
+    def _known_offline(cls, value: str) -> str:
+        offline_store_config(value, Path("."))  # raises ConfigError naming the value
+        return value
+
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
                                    env_settings: PydanticBaseSettingsSource, **unused: PydanticBaseSettingsSource):
@@ -86,7 +105,8 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             err = exc.errors()[0]
             name = ".".join(str(p) for p in err["loc"]) or "settings"
-            raise ConfigError(f"setting {name} = {err.get('input')!r}: {err['msg']} "
+            value = masked(err["input"]) if name == "online" and isinstance(err.get("input"), str) else err.get("input")
+            raise ConfigError(f"setting {name} = {value!r}: {err['msg']} "
                               f"(flag, {ENV_PREFIX}{name.upper()} or {FILE_ENV})") from None
 
     @property
@@ -95,7 +115,8 @@ class Settings(BaseSettings):
         return self.torch_threads or max(1, self.threads // self.workers)
 
     def as_workspace(self) -> Workspace:
-        return Workspace(root=self.workspace.resolve(), online=self.online, repo_dir=self.repo.resolve())
+        return Workspace(root=self.workspace.resolve(), online=self.online, repo_dir=self.repo.resolve(),
+                         offline=self.offline)
 
     def environment(self) -> dict[str, str]:
         """The settings as UNISUP_* variables, for a child process that loads them again."""

@@ -26,8 +26,6 @@ from dataclasses import asdict, dataclass, field
 
 import faiss
 import numpy as np
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from pipelines.features.dataset import definitions_hash
 from pipelines.features.online import OnlineFeatures
@@ -36,6 +34,7 @@ from pipelines.index.blend import Blend
 from pipelines.index.store import find_index, load_encoder, load_index, search
 from pipelines.settings import Settings
 from pipelines.text import normalize_query, query_id
+from pipelines.workspace import masked
 from serving.schema import Hit, RetrieveResponse, Versions
 
 logger = logging.getLogger("unisup.serving")
@@ -88,10 +87,9 @@ class OnlineHealth:
 
 def fail_fast(online: OnlineFeatures, timeout: float) -> None:
     """No hanging on a dead socket, no retries with backoff: a request degrades within `timeout`."""
-    client = getattr(online.reader, "client", None)  # Redis; an embedded SQLite file has no socket
-    if client is not None:
-        client.connection_pool.connection_kwargs.update(
-            socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    connector = getattr(online.reader, "connector", None)  # Redis; an embedded SQLite file has no socket
+    if connector is not None:
+        connector.fail_fast(timeout)
 
 
 class LoadedRetriever:
@@ -123,7 +121,7 @@ class LoadedRetriever:
         probe = self.lookup(query_id(normalize_query("metadata probe")), self.loaded.item_ids[:1])
         return {"versions": self.versions.model_dump(), "index": asdict(self.loaded.manifest),
                 "blend": self.blend.fitted if self.blend else None,
-                "online_store": {"url": self.online.ws.online, "ok": probe is not None},
+                "online_store": {"url": masked(self.online.ws.online), "ok": probe is not None},
                 "features": self.online.feature_names}
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

@@ -10,13 +10,15 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from pipelines.signals.synthetic import teacher_labels as synthetic_teacher_labels
 from pipelines.workspace import DEFAULT_REPO, Workspace
@@ -33,28 +35,36 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A throwaway redis-server bound to loopback on a free port; can be stopped and restarted."""
+    """A throwaway redis-server bound to loopback on a free port; can be stopped (or killed) and
+    restarted with the same command line. `args` add to it (TLS, a password, cluster mode), and
+    `client_kwargs` are what a client then needs to reach it."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, args: Sequence[str] = (), client_kwargs: dict | None = None,
+                 port: int | None = None):
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             pytest.fail("redis-server not found: `apt-get install redis-server` (make setup does this)")
-        self.port = free_port()
-        self.workdir = workdir
+        self.port = port or free_port()
+        self.workdir, self.args, self.client_kwargs = workdir, list(args), client_kwargs or {}
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, **self.client_kwargs, **kwargs)
+
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             "--appendonly", "no", "--dir", str(self.workdir), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        client = self.client(retry=Retry(NoBackoff(), 0))
         for _ in range(100):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server on port {self.port} exited with {self.proc.returncode}")
             try:
                 client.ping()
                 return
@@ -68,14 +78,21 @@ class RedisServer:
             self.proc.wait(timeout=10)
             self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind, as a crashed server."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
     def flush(self) -> None:
-        redis.Redis(port=self.port).flushall()
+        self.client().flushall()
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, workdir: Path) -> Iterator[RedisServer]:
+    def running(cls, workdir: Path, *args: str, **kwargs) -> Iterator[RedisServer]:
         """Started for the `with` block, stopped after it even if the block fails (fixtures use this)."""
-        server = cls(workdir)
+        server = cls(workdir, *args, **kwargs)
         server.start()
         try:
             yield server

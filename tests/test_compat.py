@@ -98,6 +98,8 @@ def test_recv_into_reads_replies_off_the_socket(redis_server):
 CONNECTION_STRINGS = [
     online_store_config("redis://127.0.0.1:6380/3", Path("."))["connection_string"],
     online_store_config("redis://:s3cret@cache.internal:7000/0", Path("."))["connection_string"],
+    online_store_config("rediss://alice:123@h:1/2?ssl_ca_certs=/ca.pem", Path("."))["connection_string"],
+    online_store_config("rediss+cluster://alice:null@a:1,b:2,c:3", Path("."))["connection_string"],
     "localhost:6379",
     "redis_master:6379,db=0,ssl=true,password=p=w",
     "h:1,db=2,password=123,socket_timeout=0.5,username=\"u\"",
@@ -105,17 +107,17 @@ CONNECTION_STRINGS = [
 
 
 @pytest.mark.parametrize("connection_string", CONNECTION_STRINGS)
-def test_redis_kwargs_parse_as_feast_does(connection_string):
+def test_redis_connection_parses_as_feast_does(connection_string):
     nodes, params = RedisOnlineStore._parse_connection_string(connection_string)
-    feast = {**params, "host": nodes[0]["host"], "port": int(nodes[0]["port"])}
-    assert compat.redis_kwargs(connection_string) == feast
-    redis.Redis(**compat.redis_kwargs(connection_string))  # redis-py accepts every keyword
+    assert compat.redis_connection(connection_string) == ([(n["host"], int(n["port"])) for n in nodes], params)
+    (host, port), *_ = compat.redis_connection(connection_string)[0]
+    redis.Redis(host=host, port=port, **params)  # redis-py accepts every keyword
 
 
 @pytest.mark.parametrize("connection_string", ["", "db=1", "host", "host:port,db=1", ":6379"])
-def test_redis_kwargs_refuse_a_string_without_host_and_port(connection_string):
+def test_redis_connection_refuses_a_string_without_host_and_port(connection_string):
     with pytest.raises(ValueError, match="expected 'host:port"):
-        compat.redis_kwargs(connection_string)
+        compat.redis_connection(connection_string)
 
 
 def test_torch_hooks_work_on_the_installed_torch():

@@ -9,7 +9,7 @@ towards well-covered pairs. lineage.json records what the set was built from.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import pyarrow as pa
 from feast import FeatureService, FeatureStore
 
 from pipelines.atomic import write_json, write_parquet
-from pipelines.features.repo import feature_store
+from pipelines.features.repo import feature_store, ray_session
 from pipelines.lake import utc_micros
 from pipelines.signals.spec import table_path
 from pipelines.workspace import Workspace
@@ -96,7 +96,20 @@ class DatasetResult:
 
 def build_dataset(ws: Workspace, entities: pd.DataFrame | Path, out_dir: Path,
                   service: str = "training", engine: str = "duckdb") -> DatasetResult:
-    """Join `service` features onto entity rows point-in-time; write dataset.parquet + lineage.json."""
+    """Join `service` features onto entity rows point-in-time; write dataset.parquet + lineage.json.
+
+    engine "ray" is Feast's get_historical_features on the workspace's Ray offline store
+    (pipelines.features.ray_store), so a cluster's workers hold a partition each, not the tables."""
+    if engine == "ray":
+        if not ws.offline.startswith("ray"):
+            ws = replace(ws, offline="ray")
+        with ray_session(ws):
+            return _build(ws, entities, out_dir, service, "feast", "ray")
+    return _build(ws, entities, out_dir, service, engine, engine)
+
+
+def _build(ws: Workspace, entities: pd.DataFrame | Path, out_dir: Path, service: str, engine: str,
+           recorded: str) -> DatasetResult:
     store = feature_store(ws)
     fs = store.get_feature_service(service)
     entities_file = Path(entities) if not isinstance(entities, pd.DataFrame) else None
@@ -108,12 +121,12 @@ def build_dataset(ws: Workspace, entities: pd.DataFrame | Path, out_dir: Path,
 
         df = historical_features(store, fs, rows)
     else:
-        raise ValueError(f"engine {engine!r}: expected 'duckdb' or 'feast'")
+        raise ValueError(f"engine {engine!r}: expected 'duckdb', 'feast' or 'ray'")
     out_dir = Path(out_dir)
     path, lineage_path = out_dir / "dataset.parquet", out_dir / "lineage.json"
     lineage_path.unlink(missing_ok=True)  # a crash before the new one is written leaves no stale lineage
     write_parquet(pa.Table.from_pandas(df, preserve_index=False), path)
-    lineage = _lineage(ws, store, fs, rows, df, entities_file, engine)
+    lineage = _lineage(ws, store, fs, rows, df, entities_file, recorded)
     write_json(lineage_path, lineage, indent=2)
     return DatasetResult(path=path, lineage=lineage, all_null=explain_all_null(ws, store, lineage, rows, df))
 

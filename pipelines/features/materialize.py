@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from feast import FeatureStore
 
-from pipelines.features.repo import feature_store
+from pipelines.features.repo import feature_store, ray_session
 from pipelines.features.watermark import read_watermarks, record_watermarks
 from pipelines.workspace import Workspace
 
@@ -43,9 +43,17 @@ def materialize(ws: Workspace, incremental: bool = True, end: datetime | None = 
     record their watermarks in the online store.
 
     engine "auto" writes Redis through redis_fast and SQLite through sqlite_fast (Feast's layouts,
-    batched: many times faster, memory bounded by a batch); "feast" forces Feast's own writers."""
+    batched: many times faster, memory bounded by a batch); "feast" forces Feast's own writers. A
+    workspace whose offline store is Ray always materializes through Feast, on its Ray compute
+    engine (the fast writers read the tables in this process, which is what Ray is there to avoid)."""
     if engine not in ("auto", "feast"):
         raise ValueError(f"engine {engine!r}: expected 'auto' or 'feast'")
+    with ray_session(ws):
+        return _materialize(ws, incremental, end, views, "feast" if ws.offline.startswith("ray") else engine)
+
+
+def _materialize(ws: Workspace, incremental: bool, end: datetime | None, views: list[str] | None,
+                 engine: str) -> MaterializeReport:
     store = feature_store(ws)
     names = views or [fv.name for fv in store.list_feature_views()]
     end = end or _now()
@@ -64,11 +72,11 @@ def _write(ws: Workspace, store: FeatureStore, names: list[str], end: datetime, 
            engine: str) -> None:
     if not names:
         return
-    if engine == "auto" and ws.online.startswith("redis://"):
+    if engine == "auto" and ws.online_type == "redis":
         from pipelines.features.redis_fast import materialize_redis
 
         materialize_redis(ws, views=names, end=end, incremental=incremental)
-    elif engine == "auto" and ws.online == "sqlite":
+    elif engine == "auto" and ws.online_type == "sqlite":
         from pipelines.features.sqlite_fast import materialize_sqlite
 
         materialize_sqlite(ws, views=names, end=end, incremental=incremental)

@@ -20,19 +20,19 @@ class OnlineFeatures:
     """Reads a FeatureService's features for pairs from the workspace's online store."""
 
     def __init__(self, ws: Workspace, service: str = "retriever_online", engine: str = "auto"):
-        """engine "auto" reads Redis and SQLite through the fast readers (redis_reader, sqlite_fast);
-        "feast" forces Feast's SDK."""
+        """engine "auto" reads Redis (a server or a cluster) and SQLite through the fast readers
+        (redis_reader, sqlite_fast); "feast" forces Feast's SDK."""
         if engine not in ("auto", "feast"):
             raise ValueError(f"engine {engine!r}: expected 'auto' or 'feast'")
         self.ws = ws
         self.store = feature_store(ws)
         self.service = self.store.get_feature_service(service)
         self.reader = None
-        if engine == "auto" and ws.online.startswith("redis://"):
+        if engine == "auto" and ws.online_type == "redis":
             from pipelines.features.redis_fast import RedisFeatureReader
 
             self.reader = RedisFeatureReader(ws, service, store=self.store)
-        elif engine == "auto" and ws.online == "sqlite":
+        elif engine == "auto" and ws.online_type == "sqlite":
             from pipelines.features.sqlite_fast import SqliteFeatureReader
 
             self.reader = SqliteFeatureReader(ws, service, store=self.store)

@@ -6,6 +6,8 @@ Both paths here write and read exactly the bytes Feast does (see redis_wire), so
 reads what we write and vice versa. Semantics follow Feast 0.67:
 
 * Rows: what Feast selects (pipelines/features/latest.py, shared with sqlite_fast).
+* Cluster: the same commands and bytes, each key sent to the master owning its hash slot, as
+  Feast's writer does through redis-py's cluster pipeline (redis_pipe.NodePipes).
 * Dedup: like Feast's Redis store, a row is written only if its event time is strictly newer
   than the `_ts:<view>` already stored, read for the whole batch in one pipelined HGET
   round trip before the HSETs (same race window as Feast: not atomic with the write).
@@ -23,12 +25,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import redis
 from feast import FeatureView
 
 from pipelines.features import redis_wire as wire
 from pipelines.features.latest import MaterializeStats, latest_rows, materialize_views
-from pipelines.features.redis_pipe import RespPipe, redis_client
+from pipelines.features.redis_pipe import Client, NodePipes, RespPipe, redis_client
 from pipelines.features.redis_reader import RedisFeatureReader
 from pipelines.features.repo import feature_store
 from pipelines.workspace import Workspace
@@ -42,7 +43,7 @@ def _first_newest(keys: pa.BinaryArray, micros: np.ndarray) -> np.ndarray:
     return np.sort(df.sort_values(["k", "t", "i"]).drop_duplicates("k")["i"].to_numpy())
 
 
-def write_view(client: redis.Redis, project: str, view: FeatureView, table: pa.Table | pd.DataFrame,
+def write_view(client: Client, project: str, view: FeatureView, table: pa.Table | pd.DataFrame,
                batch_size: int = 10_000, *, dedup: bool = True, key_ttl_seconds: int | None = None,
                ints_via_float: dict[str, bool] | None = None,
                progress: Callable[[int], object] | None = None) -> int:
@@ -51,7 +52,9 @@ def write_view(client: redis.Redis, project: str, view: FeatureView, table: pa.T
     Batches are pipelined: while Redis applies batch i, batch i+1 is encoded. Several rows for
     one key resolve as in Feast: with dedup the first row with the newest event time wins (an
     earlier batch's write is visible to a later batch's `_ts` read), without it the last row.
-    `ints_via_float` (from latest_rows) overrides which int features had a null for Feast."""
+    On a cluster each batch splits by node (redis_pipe.NodePipes): each node's `_ts` reads go out
+    before any node's replies are awaited, so the nodes work in parallel. `ints_via_float` (from
+    latest_rows) overrides which int features had a null for Feast."""
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
     ts_col = view.batch_source.timestamp_field
@@ -61,8 +64,9 @@ def write_view(client: redis.Redis, project: str, view: FeatureView, table: pa.T
     ts_field = wire.resp_bulk(wire.ts_field(view.name))
     header = b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(features))
     expire = wire.resp_bulk(str(key_ttl_seconds).encode()) if key_ttl_seconds else None
-    replies_per_row, written, pending = (2 if expire else 1), 0, 0
-    with RespPipe(client) as pipe:
+    replies_per_row, written = (2 if expire else 1), 0
+    pending: dict[RespPipe, int] = {}  # write replies each node still owes
+    with NodePipes(client) as pipes:
         for batch in table.to_batches(max_chunksize=batch_size):
             batch_rows = len(batch)
             raw_keys = wire.encode_entity_keys({k: batch[k] for k in key_types}, key_types, project)
@@ -71,27 +75,31 @@ def write_view(client: redis.Redis, project: str, view: FeatureView, table: pa.T
                 keep = _first_newest(raw_keys, micros)
                 batch, raw_keys, micros = batch.take(keep), raw_keys.take(keep), micros[keep]
             keys = wire.bulks(raw_keys)
+            routes = [(pipe, at, keys if at is None else keys.take(at)) for pipe, at in pipes.route(raw_keys)]
             if dedup:
-                pipe.send(wire.payload(wire.join_rows([b"*3\r\n$4\r\nHGET\r\n", keys, ts_field])))
+                for pipe, _, node_keys in routes:
+                    pipe.send(wire.payload(wire.join_rows([b"*3\r\n$4\r\nHGET\r\n", node_keys, ts_field])))
             parts = [header, keys, ts_field, wire.bulks(wire.encode_timestamps(micros))]
             for name, vt, fname, had_null in features:
                 parts += [fname, wire.bulks(wire.encode_values(batch[name], vt, had_null))]
             if expire:
                 parts += [b"*3\r\n$6\r\nEXPIRE\r\n", keys, expire]
             rows = wire.join_rows(parts)
-            if dedup:
-                pipe.read(pending, keep=False)
-                pending = 0
-                stored = wire.timestamps_nanos(pipe.read(len(keys)))
-                rows = rows.filter(pa.array(_newer(micros * 1000, stored)))
-            if len(rows):
-                pipe.send(wire.payload(rows))
-            pipe.read(pending, keep=False)
-            pending = len(rows) * replies_per_row
-            written += len(rows)
+            for pipe, at, node_keys in routes:
+                node_rows, node_micros = (rows, micros) if at is None else (rows.take(at), micros[at])
+                if dedup:
+                    pipe.read(pending.pop(pipe, 0), keep=False)
+                    stored = wire.timestamps_nanos(pipe.read(len(node_keys)))
+                    node_rows = node_rows.filter(pa.array(_newer(node_micros * 1000, stored)))
+                if len(node_rows):
+                    pipe.send(wire.payload(node_rows))
+                pipe.read(pending.pop(pipe, 0), keep=False)
+                pending[pipe] = len(node_rows) * replies_per_row
+                written += len(node_rows)
             if progress:
                 progress(batch_rows)
-        pipe.read(pending, keep=False)
+        for pipe, owed in pending.items():
+            pipe.read(owed, keep=False)
     return written
 
 

@@ -5,8 +5,9 @@ one HMGET per entity per view, proto objects per value, a response proto, then p
 the layout is planned once per service: views sharing join keys share one Redis hash, so one
 HMGET per distinct entity fetches all their fields (pair views together, items and queries
 deduplicated); commands are prebuilt bytes, replies are parsed by hiredis and decoded straight
-off the wire. The rest (planning per service, on-demand views, assembly, no TTL applied, as in
-Feast's read) is service_reader.ServiceReader's.
+off the wire. On a Redis Cluster the HMGETs split by the master owning each key's slot and go to
+all masters at once (redis_pipe.NodePipes). The rest (planning per service, on-demand views,
+assembly, no TTL applied, as in Feast's read) is service_reader.ServiceReader's.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from operator import itemgetter
 
 from feast import FeatureStore
+from redis.exceptions import AskError
 
 from pipelines.features import redis_wire as wire
-from pipelines.features.redis_pipe import RespPipe, redis_client
+from pipelines.features.redis_pipe import NodePipes, RedisConnector
 from pipelines.features.service_reader import PAIR_POSITION, ServiceReader, encoded_id
 from pipelines.workspace import Workspace
 
@@ -41,7 +43,7 @@ class RedisFeatureReader(ServiceReader):
     def __init__(self, ws: Workspace, service_name: str = "retriever_online",
                  store: FeatureStore | None = None):
         super().__init__(ws, service_name, store)
-        self.client = redis_client(self.store.config.online_store)
+        self.connector = RedisConnector(self.store.config.online_store)
         self.groups = self._layout(self.fetch, self.views)
 
     def _layout(self, fetch: dict, batch: dict) -> list[_Group]:
@@ -59,20 +61,20 @@ class RedisFeatureReader(ServiceReader):
         return list(groups.values())
 
     def _fetch(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list]:
-        """One HMGET per distinct entity of each hash group, all in one pipelined round trip."""
+        """One HMGET per distinct entity of each hash group, all in one pipelined round trip (per
+        cluster node, all nodes at once)."""
         project = self.project.encode()
-        plan, commands = [], []
+        plan, keys, commands = [], [], []
         for g in self.groups:
             slots: dict = {}
             index = [slots.setdefault(g.getter(p), len(slots)) for p in pairs]
             single = len(g.join_keys) == 1
             for ent in slots:
                 key = b"".join([g.prefix, *map(encoded_id, (ent,) if single else ent), project])
+                keys.append(key)
                 commands.append(b"%s$%d\r\n%s\r\n%s" % (g.header, len(key), key, g.command_tail))
             plan.append((g, len(slots), index))
-        with RespPipe(self.client) as pipe:
-            pipe.send(b"".join(commands))
-            replies = pipe.read(len(commands))
+        replies = self._round_trip(keys, commands)
         values: dict[tuple[str, str], list] = {}
         offset = 0
         for g, n, index in plan:
@@ -82,3 +84,28 @@ class RedisFeatureReader(ServiceReader):
                 decoded = [wire.decode_value(r[j], vt) for r in block]
                 values[ref] = [decoded[i] for i in index]
         return values
+
+    def _round_trip(self, keys: list[bytes], commands: list[bytes], redirected: bool = False) -> list:
+        """Each command's reply, in order. After a failure the next read starts from a new client (a
+        cluster's fresh slot map); a cluster's redirect (MOVED / ASK: slots moved, a replica took
+        over) is retried once at once on the new map."""
+        try:
+            return self._send(keys, commands)
+        except Exception as exc:
+            self.connector.reset()
+            if isinstance(exc, AskError) and not redirected:  # MovedError is an AskError too
+                return self._round_trip(keys, commands, redirected=True)
+            raise
+
+    def _send(self, keys: list[bytes], commands: list[bytes]) -> list:
+        replies: list = [None] * len(commands)
+        with NodePipes(self.connector.client) as pipes:
+            routes = pipes.route(keys)
+            for pipe, at in routes:
+                pipe.send(b"".join(commands if at is None else [commands[i] for i in at]))
+            for pipe, at in routes:
+                if at is None:
+                    return pipe.read(len(commands))
+                for i, reply in zip(at, pipe.read(len(at))):
+                    replies[i] = reply
+        return replies

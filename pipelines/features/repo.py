@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import importlib
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -134,12 +136,26 @@ def apply(ws: Workspace) -> RepoContents:
     contents = anchored(load_repo(ws.repo_dir), ws.root)
     ws.write_feature_store_yaml()
     ws.features_dir.mkdir(parents=True, exist_ok=True)
-    store = feature_store(ws)
-    declared = {o.name for o in contents.views + contents.on_demand_views + contents.services}
-    stale = [
-        o for o in [*store.list_feature_services(), *store.list_on_demand_feature_views(),
-                    *store.list_feature_views()]
-        if o.name not in declared
-    ]
-    store.apply(contents.objects(), objects_to_delete=stale, partial=False)
+    with ray_session(ws):  # with Ray, Feast's apply sets up its compute engine, which needs a Ray
+        store = feature_store(ws)
+        declared = {o.name for o in contents.views + contents.on_demand_views + contents.services}
+        stale = [
+            o for o in [*store.list_feature_services(), *store.list_on_demand_feature_views(),
+                        *store.list_feature_views()]
+            if o.name not in declared
+        ]
+        store.apply(contents.objects(), objects_to_delete=stale, partial=False)
     return contents
+
+
+@contextmanager
+def ray_session(ws: Workspace) -> Iterator[None]:
+    """pipelines.features.ray_store.ray_session when the workspace's offline store is Ray; Ray is
+    imported only then (seconds of start-up a duckdb workspace never pays)."""
+    if not ws.offline.startswith("ray"):
+        yield
+        return
+    from pipelines.features.ray_store import ray_session as session
+
+    with session(ws):
+        yield

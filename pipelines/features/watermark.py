@@ -35,10 +35,11 @@ from pathlib import Path
 import duckdb
 import redis
 from feast import FeatureStore, FeatureView
+from redis.exceptions import RedisClusterException
 
 from pipelines.features import redis_wire as wire
 from pipelines.features.latest import micros
-from pipelines.features.redis_pipe import redis_client
+from pipelines.features.redis_pipe import RedisConnector
 from pipelines.features.repo import feature_store
 from pipelines.signals.spec import table_path
 from pipelines.workspace import Workspace
@@ -73,20 +74,19 @@ class RedisMarks:
     """Watermarks and key probes on Feast's Redis online store."""
 
     def __init__(self, store: FeatureStore, timeout: float | None = None):
-        self.client, self.project = redis_client(store.config.online_store), store.project
-        if timeout:  # the service's checks fail within `timeout` instead of hanging on a dead socket
-            self.client.connection_pool.connection_kwargs.update(socket_timeout=timeout,
-                                                                  socket_connect_timeout=timeout)
+        # with a timeout, the service's checks fail within it instead of hanging on a dead socket
+        self.connector, self.project = RedisConnector(store.config.online_store, timeout), store.project
 
     def read(self) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.client.hgetall(WATERMARK_KEY).items()}
+        return {k.decode(): v.decode() for k, v in self.connector.client.hgetall(WATERMARK_KEY).items()}
 
     def write(self, marks: dict[str, str]) -> None:
-        self.client.hset(WATERMARK_KEY, mapping=marks)
+        self.connector.client.hset(WATERMARK_KEY, mapping=marks)
 
     def present(self, probes: dict[str, list[dict[str, str]]]) -> dict[str, int]:
-        """Per view, how many of its keys have the view's `_ts` field: one pipelined round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        """Per view, how many of its keys have the view's `_ts` field: one pipelined round trip (on a
+        cluster, redis-py's cluster pipeline: one per node)."""
+        pipe = self.connector.client.pipeline(transaction=False)
         for view, keys in probes.items():
             for key in keys:
                 pipe.hexists(wire.encode_key(key, self.project), wire.ts_field(view))
@@ -214,7 +214,7 @@ def check(marks_store: RedisMarks | SqliteMarks, views: Sequence[FeatureView], n
     try:
         marks = {name: Watermark.from_json(text) for name, text in marks_store.read().items()}
         found = marks_store.present({v.name: marks[v.name].sample for v in views if v.name in marks})
-    except (redis.RedisError, sqlite3.Error, OSError) as exc:
+    except (redis.RedisError, RedisClusterException, sqlite3.Error, OSError) as exc:
         return StoreCheck(now, error=f"{type(exc).__name__}: {exc}")
     return StoreCheck(now, {v.name: _state(v, marks.get(v.name), found.get(v.name, 0), now) for v in views})
 
