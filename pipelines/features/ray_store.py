@@ -22,11 +22,14 @@ The on-demand gate view itself works: Feast's RetrievalJob applies it to the joi
 
 Workaround, in one place: get_historical_features keeps Feast's path around the join (the views
 and refs Feast resolved, its source reader, its RayRetrievalJob that applies on-demand views) and
-replaces the per-view join with a distributed one on Ray Data: entity rows and the view's rows are
-hash-partitioned by join key (groupby on the partition, so a worker holds one partition of each,
-never a whole table) and each partition runs the duckdb engine's own sort-merge
-(pipelines.features.pit._latest), so both engines share one definition of Feast's semantics.
-Materialization needs no workaround (tests/test_ray_engine.py compares the online rows).
+replaces the per-view join with a distributed one on Ray tasks: entity rows and the view's rows are
+hash-partitioned by join key (so a worker holds one partition of each, never a whole table) and each
+partition runs the duckdb engine's own sort-merge (pipelines.features.pit._latest), so both engines
+share one definition of Feast's semantics.
+
+Materialization goes through Feast's Ray compute engine unchanged, with one open gap:
+ctr_debiased_30d (and so the gate's gated_ctr_30d) reads null online where our writers have values
+(tests/test_ray_engine.py, an expected failure until it is understood).
 """
 
 from __future__ import annotations
