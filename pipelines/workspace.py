@@ -42,7 +42,9 @@ EXPECTED_ONLINE = ("expected 'sqlite' or 'redis://[USER:PASSWORD@]HOST:PORT[/DB]
 
 
 OFFLINE_STORES = ("duckdb", "ray", "ray://HOST:PORT")
-RAY_OFFLINE_STORE = "pipelines.features.ray_store.RayOfflineStore"  # Feast's Ray store, gaps closed there
+# Feast's Ray offline store and Ray compute engine, their gaps closed in pipelines.features.ray_store
+RAY_OFFLINE_STORE = "pipelines.features.ray_store.RayOfflineStore"
+RAY_ENGINE = "pipelines.features.ray_store.RayComputeEngine"
 
 
 def offline_store_config(offline: str, root: Path) -> dict:
@@ -57,7 +59,7 @@ def offline_store_config(offline: str, root: Path) -> dict:
     address = None if offline == "ray" else offline
     return {"offline_store": {"type": RAY_OFFLINE_STORE, "storage_path": str(root / "ray_storage"),
                               "ray_address": address},
-            "batch_engine": {"type": "ray.engine", "ray_address": address, "write_concurrency": 1}}
+            "batch_engine": {"type": RAY_ENGINE, "ray_address": address, "write_concurrency": 1}}
 
 
 def masked(online: str) -> str:

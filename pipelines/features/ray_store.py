@@ -2,8 +2,8 @@
 
 The workspace config names this module's RayOfflineStore as the offline store (a subclass of Feast's
 feast.infra.offline_stores.contrib.ray_offline_store.ray.RayOfflineStore, so Feast's reader, Ray
-initialisation, RayRetrievalJob and on-demand handling are Feast's) and Feast's `ray.engine` compute
-engine as the batch engine (materialize). Nothing else in pipelines knows these gaps.
+initialisation, RayRetrievalJob and on-demand handling are Feast's) and this module's RayComputeEngine
+(Feast's `ray.engine`, subclassed) as the batch engine (materialize). Nothing else in pipelines knows these gaps.
 
 Gaps of Feast 0.67's Ray get_historical_features for our views (found reading ray.py and checked
 against the duckdb engine on tests/test_pit.py's tables):
@@ -27,9 +27,12 @@ hash-partitioned by join key (so a worker holds one partition of each, never a w
 partition runs the duckdb engine's own sort-merge (pipelines.features.pit._latest), so both engines
 share one definition of Feast's semantics.
 
-Materialization goes through Feast's Ray compute engine unchanged, with one open gap:
-ctr_debiased_30d (and so the gate's gated_ctr_30d) reads null online where our writers have values
-(tests/test_ray_engine.py, an expected failure until it is understood).
+Materialization goes through Feast's Ray compute engine, with one gap closed by RayComputeEngine
+below: its TTL filter, on a materialization, keeps only rows newer than the *wall clock* minus the
+view's TTL, whatever window was asked for, so materializing up to an earlier end (a backfill, or
+tables stamped days ago) wrote nothing for a view with a short TTL (engagement_stats, 7 days). The
+task's own window already bounds the rows ([start, end], start = end - TTL for a full run), as in
+Feast's other engines and our fast writers, so the subclass drops that filter on materialization.
 """
 
 from __future__ import annotations
@@ -53,6 +56,11 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from feast import FeatureView, FileSource
+from feast.infra.common.materialization_job import MaterializationJobStatus, MaterializationTask
+from feast.infra.compute_engines.ray.compute import RayComputeEngine as FeastRayComputeEngine
+from feast.infra.compute_engines.ray.config import RayComputeEngineConfig as FeastRayComputeEngineConfig
+from feast.infra.compute_engines.ray.feature_builder import RayFeatureBuilder
+from feast.infra.compute_engines.ray.job import RayMaterializationJob
 from feast.infra.offline_stores.contrib.ray_offline_store import ray as feast_ray
 from feast.infra.offline_stores.offline_store import RetrievalJob
 from feast.infra.offline_stores.offline_utils import infer_event_timestamp_from_entity_df
@@ -75,6 +83,38 @@ class RayOfflineStoreConfig(feast_ray.RayOfflineStoreConfig):
     """Feast's Ray store settings, under this module's store type (Feast derives the name)."""
 
     type: Literal["pipelines.features.ray_store.RayOfflineStore"] = "pipelines.features.ray_store.RayOfflineStore"
+
+
+class RayComputeEngineConfig(FeastRayComputeEngineConfig):
+    """Feast's Ray compute engine settings, under this module's engine type (Feast derives the name)."""
+
+    type: Literal["pipelines.features.ray_store.RayComputeEngine"] = "pipelines.features.ray_store.RayComputeEngine"
+
+
+class _WindowedBuilder(RayFeatureBuilder):
+    """Feast's plan builder, without the wall-clock TTL filter on a materialization (module docstring)."""
+
+    def build_filter_node(self, view, input_node):
+        node = super().build_filter_node(view, input_node)
+        if self.is_materialization:
+            node.ttl = None
+        return node
+
+
+class RayComputeEngine(FeastRayComputeEngine):
+    """Feast's Ray compute engine, materializing through _WindowedBuilder; the rest is Feast's."""
+
+    def _materialize_one(self, registry: BaseRegistry, task: MaterializationTask, from_offline_store: bool = False,
+                         **kwargs: Any):
+        if from_offline_store:  # Feast's legacy path reads the window itself, without the filter
+            return super()._materialize_one(registry, task, from_offline_store, **kwargs)
+        job_id = f"{task.feature_view.name}-{task.start_time}-{task.end_time}"
+        try:
+            result = _WindowedBuilder(registry, task.feature_view, task, self.config).build().execute(
+                self.get_execution_context(registry, task))
+        except Exception as exc:  # noqa: BLE001 - Feast's contract: a failed job, raised by the caller
+            return RayMaterializationJob(job_id=job_id, status=MaterializationJobStatus.ERROR, error=exc)
+        return RayMaterializationJob(job_id=job_id, status=MaterializationJobStatus.SUCCEEDED, result=result)
 
 
 @contextmanager
