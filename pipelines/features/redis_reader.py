@@ -21,20 +21,29 @@ from redis.exceptions import AskError
 
 from pipelines.features import redis_wire as wire
 from pipelines.features.redis_pipe import NodePipes, RedisConnector
-from pipelines.features.service_reader import PAIR_POSITION, ServiceReader, encoded_id
+from pipelines.features.service_reader import EntityGroup, ServiceReader, encoded_id
 from pipelines.workspace import Workspace
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Group:
     """Views sharing one Redis hash (same join keys): one HMGET fetches all their fields."""
 
     join_keys: tuple[str, ...]  # sorted, as serialize_entity_key orders them
     columns: list[tuple[tuple[str, str], object]]  # ((view, feature), value type) per field
-    command_tail: bytes = b""  # the HMGET field names, RESP-encoded once
-    header: bytes = b""
-    prefix: bytes = b""
-    getter: Callable = lambda p: p
+    command_tail: bytes  # the HMGET field names, RESP-encoded once
+    header: bytes
+    prefix: bytes
+    getter: Callable
+
+
+def _plan(group: EntityGroup) -> _Group:
+    """One HMGET per entity of the group: its fields RESP-encoded once, for every request."""
+    columns = [((view, feat), vt) for view, feats in group.views.items() for feat, vt in feats.items()]
+    return _Group(group.join_keys, columns,
+                  command_tail=b"".join(wire.resp_bulk(wire.field_name(view, feat)) for (view, feat), _ in columns),
+                  header=b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(columns)), prefix=group.prefix,
+                  getter=itemgetter(*group.positions))
 
 
 class RedisFeatureReader(ServiceReader):
@@ -44,21 +53,7 @@ class RedisFeatureReader(ServiceReader):
                  store: FeatureStore | None = None):
         super().__init__(ws, service_name, store)
         self.connector = RedisConnector(self.store.config.online_store)
-        self.groups = self._layout(self.fetch, self.views)
-
-    def _layout(self, fetch: dict, batch: dict) -> list[_Group]:
-        groups: dict[tuple[str, ...], _Group] = {}
-        for view_name, feats in fetch.items():
-            keys = tuple(sorted(batch[view_name].join_keys))
-            g = groups.setdefault(keys, _Group(keys, []))
-            for feat, vt in feats.items():
-                g.columns.append(((view_name, feat), vt))
-                g.command_tail += wire.resp_bulk(wire.field_name(view_name, feat))
-        for g in groups.values():
-            g.header = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(g.columns))
-            g.prefix = wire.entity_key_prefix(list(g.join_keys))
-            g.getter = itemgetter(*(PAIR_POSITION[k] for k in g.join_keys))
-        return list(groups.values())
+        self.groups = [_plan(g) for g in self.entity_groups]
 
     def _fetch(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list]:
         """One HMGET per distinct entity of each hash group, all in one pipelined round trip (per

@@ -10,6 +10,7 @@ stored values come back however old.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -19,6 +20,7 @@ from feast import FeatureStore, FeatureView
 from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 from feast.value_type import ValueType
 
+from pipelines.features import redis_wire as wire
 from pipelines.features.repo import feature_store
 from pipelines.workspace import Workspace
 
@@ -30,6 +32,17 @@ def encoded_id(value: str) -> bytes:
     """serialize_entity_key's bytes for one string value: type tag, length, UTF-8."""
     raw = value.encode()
     return len(raw).to_bytes(4, "little").join([b"\x02\x00\x00\x00", raw])
+
+
+@dataclass(frozen=True)
+class EntityGroup:
+    """The views a service reads whose rows share one stored entity key (the same join keys: the
+    pair views; items; queries), so a reader fetches each distinct entity of a group once."""
+
+    join_keys: tuple[str, ...]  # sorted, as serialize_entity_key orders them
+    prefix: bytes  # the serialized entity key's bytes before the values (wire.entity_key_prefix)
+    positions: tuple[int, ...]  # where each join key's value sits in a (query_id, item_id) pair
+    views: dict[str, dict[str, object]]  # view -> {feature: value type} to read, in the service's order
 
 
 class ServiceReader:
@@ -64,6 +77,16 @@ class ServiceReader:
             self.odfvs.append((odfv, names, {s.name for s in odfv.source_feature_view_projections.values()}))
             self.outputs += names
         self.fetch, self.views = fetch, batch  # view -> {feature: value type} to read; every batch view
+        self.entity_groups = self._group(fetch, batch)
+
+    @staticmethod
+    def _group(fetch: dict, batch: dict) -> list[EntityGroup]:
+        """The views to read grouped by their sorted join keys, groups and views in `fetch` order."""
+        views: dict[tuple[str, ...], dict] = {}
+        for name, wanted in fetch.items():
+            views.setdefault(tuple(sorted(batch[name].join_keys)), {})[name] = wanted
+        return [EntityGroup(keys, wire.entity_key_prefix(list(keys)), tuple(PAIR_POSITION[k] for k in keys), group)
+                for keys, group in views.items()]
 
     @staticmethod
     def _want(fetch: dict, view: FeatureView, names: list[str]) -> None:

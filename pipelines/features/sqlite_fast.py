@@ -41,7 +41,7 @@ from pipelines.compat import require
 from pipelines.features import redis_wire as wire
 from pipelines.features.latest import MaterializeStats, materialize_views, quote
 from pipelines.features.repo import feature_store
-from pipelines.features.service_reader import PAIR_POSITION, ServiceReader, encoded_id
+from pipelines.features.service_reader import ServiceReader, encoded_id
 from pipelines.workspace import Workspace
 
 require("feast")  # the layout written here is Feast 0.67's implementation (see pipelines/compat.py)
@@ -183,13 +183,9 @@ class SqliteFeatureReader(ServiceReader):
         super().__init__(ws, service_name, store)
         self.conn = connect(self.store)
         self._lock = threading.Lock()  # one connection, shared by a service's threads
-        groups: dict[tuple[str, ...], list] = {}
-        for view_name, wanted in self.fetch.items():
-            view = self.views[view_name]
-            groups.setdefault(tuple(sorted(view.join_keys)), []).append(
-                (view_name, wanted, quote(table_name(self.store, view))))
-        self.groups = [(wire.entity_key_prefix(list(keys)), [PAIR_POSITION[k] for k in keys], views)
-                       for keys, views in groups.items()]
+        self.groups = [(g.prefix, g.positions, [(name, wanted, quote(table_name(self.store, self.views[name])))
+                                                for name, wanted in g.views.items()])
+                       for g in self.entity_groups]
 
     def _fetch(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list]:
         values: dict[tuple[str, str], list] = {}
