@@ -141,6 +141,18 @@ def redis_server(url: str | None, workdir: Path) -> PrivateRedis:
     return ExistingRedis(url) if url else PrivateRedis(workdir)
 
 
+def parse_or_run_child(ap: argparse.ArgumentParser, child: Callable[..., dict], nargs: int | str = "+",
+                       metavar: tuple[str, ...] | None = None) -> argparse.Namespace | None:
+    """A run's parsed arguments, or None once this process served as run_child's child: called as
+    `script --child ARGS`, it prints `child(*ARGS)` as JSON, the line run_child reads."""
+    ap.add_argument("--child", nargs=nargs, metavar=metavar, help="internal: what run_child runs")
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(child(*a.child)))
+        return None
+    return a
+
+
 def run_child(script: Path, args: Sequence[str], timeout: float = 1800) -> dict:
     """Run `script --child ARGS` in a fresh interpreter; its last stdout line (JSON) plus its own
     peak RSS. Reaped with wait4 only (Popen.wait would reap first and lose the rusage).

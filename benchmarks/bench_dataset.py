@@ -22,7 +22,6 @@ failed child shows its error and stderr in the table and the JSON, and the scrip
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -35,7 +34,17 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import add_run_args, failures, finish, machine, output_path, print_table, run_path, write_json
+from benchmarks._common import (
+    add_run_args,
+    failures,
+    finish,
+    machine,
+    output_path,
+    parse_or_run_child,
+    print_table,
+    run_path,
+    write_json,
+)
 
 AS_OF = pd.Timestamp("2026-11-01", tz="UTC")
 
@@ -184,10 +193,8 @@ def main() -> None:
     add_run_args(ap, "dataset", quick="20k rows per pair view, 10k entity rows for both engines, 2 calls, "
                                       "paths in this process",
                  redis=False)
-    ap.add_argument("--child", nargs=6, metavar=("WS", "REPO", "ENTITIES", "ENGINE", "ROWS", "REPEAT"))
-    a = ap.parse_args()
-    if a.child:
-        print(json.dumps(child(*a.child)))
+    a = parse_or_run_child(ap, child, nargs=6, metavar=("WS", "REPO", "ENTITIES", "ENGINE", "ROWS", "REPEAT"))
+    if a is None:
         return
     if a.quick:
         a.pair_rows, a.pairs, a.items, a.queries = (min(a.pair_rows, 20_000), min(a.pairs, 5_000),

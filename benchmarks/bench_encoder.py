@@ -42,6 +42,7 @@ from benchmarks._common import (
     latency_summary,
     machine,
     output_path,
+    parse_or_run_child,
     print_table,
     run_path,
     write_json,
@@ -196,10 +197,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", help="ONNX export cache to reuse (default: a fresh one; the export is timed)")
     ap.add_argument("--seed", type=int, default=0)
     add_run_args(ap, "bench_encoder", quick="100 queries, 200 titles, paths in this process", redis=False)
-    ap.add_argument("--child", nargs=6)
-    a = ap.parse_args()
-    if a.child:
-        print(json.dumps(child(*a.child)))
+    a = parse_or_run_child(ap, child, nargs=6)
+    if a is None:
         return
     if a.quick:
         a.queries, a.titles = min(a.queries, 100), min(a.titles, 200)

@@ -25,7 +25,6 @@ a difference from Feast's bytes).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -50,6 +49,7 @@ from benchmarks._common import (
     finish,
     machine,
     output_path,
+    parse_or_run_child,
     print_table,
     redis_server,
     run_path,
@@ -168,10 +168,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
     add_run_args(ap, "bench_materialize", quick="5k rows, Feast on 2k, paths in this process")
-    ap.add_argument("--child", nargs=6)
-    a = ap.parse_args()
-    if a.child:
-        print(json.dumps(child(*a.child)))
+    a = parse_or_run_child(ap, child, nargs=6)
+    if a is None:
         return
     if a.quick:
         a.rows, a.feast_rows = min(a.rows, 5_000), min(a.feast_rows, 2_000)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import shutil
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from benchmarks._common import (
     latency_summary,
     machine,
     output_path,
+    parse_or_run_child,
     print_table,
     redis_server,
     run_path,
@@ -207,10 +207,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="turns per path; the best p50 is reported")
     ap.add_argument("--seed", type=int, default=0)
     add_run_args(ap, "bench_online", quick="2k pairs, 50 calls, 3 batches checked, 1 round, paths in this process")
-    ap.add_argument("--child", nargs=7)
-    a = ap.parse_args()
-    if a.child:
-        print(json.dumps(child(*a.child)))
+    a = parse_or_run_child(ap, child, nargs=7)
+    if a is None:
         return
     if a.quick:
         a.rows, a.iterations, a.warmup = min(a.rows, 2_000), min(a.iterations, 50), min(a.warmup, 10)

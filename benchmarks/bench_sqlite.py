@@ -38,6 +38,7 @@ from benchmarks._common import (
     latency_summary,
     machine,
     output_path,
+    parse_or_run_child,
     print_table,
     run_path,
     write_json,
@@ -111,6 +112,11 @@ def dump(root: Path, view_name: str) -> list[tuple]:
         return conn.execute(f'SELECT * FROM "unisup_{view_name}" ORDER BY entity_key, feature_name').fetchall()
 
 
+def child(kind: str, *args: str) -> dict:
+    """One measured path in a fresh interpreter (run_child): kind "materialize" or "lookup"."""
+    return materialize_child(*args) if kind == "materialize" else lookup_child(*args)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=3_000_000)
@@ -120,11 +126,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     add_run_args(ap, "bench_sqlite", quick="5k rows, Feast on 2k, 50 lookups, paths in this process")
-    ap.add_argument("--child", nargs="+")
-    a = ap.parse_args()
-    if a.child:
-        kind, *args = a.child
-        print(__import__("json").dumps(materialize_child(*args) if kind == "materialize" else lookup_child(*args)))
+    a = parse_or_run_child(ap, child)
+    if a is None:
         return
     if a.quick:
         a.rows, a.feast_rows, a.lookups = min(a.rows, 5_000), min(a.feast_rows, 2_000), min(a.lookups, 50)
