@@ -59,13 +59,18 @@ from benchmarks._common import (
 warnings.filterwarnings("ignore")  # Feast's experimental-ODFV and ibis deprecation notices
 
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
+BRANDS_PER_USER = 4  # synthetic user_brand rows per user
+BRANDS = 500  # synthetic brands, "brand-0" .. "brand-499"
 
 
 def synthetic_rows(view, n: int, seed: int) -> pa.Table:
     """n distinct pairs (100 items per query), stamped within the last 6 days, 5% null features.
 
     Keys depend on n only, so every pair view built with the same n holds the same pairs;
-    item or query views keep their own key column (repeats resolve to the latest row)."""
+    item or query views keep their own key column (repeats resolve to the latest row). Views keyed
+    by users hold n / BRANDS_PER_USER users ("u" + six digits, as the simulator's), each with
+    BRANDS_PER_USER distinct brands of BRANDS: n distinct (user, brand) rows for user_brand; user_stats
+    keeps the user column (each user's BRANDS_PER_USER rows resolve to the latest)."""
     from pipelines.features.produce import view_schema
 
     rng = np.random.default_rng(seed)
@@ -77,6 +82,10 @@ def synthetic_rows(view, n: int, seed: int) -> pa.Table:
     cols["created_timestamp"] = pa.array(event + pd.to_timedelta(rng.integers(0, 7200, n), unit="s"))
     cols.update(feature_columns(view, n, rng))
     schema = view_schema(view)
+    if {"user_id", "brand"} & set(schema.names):
+        u, k = np.arange(n) // BRANDS_PER_USER, np.arange(n) % BRANDS_PER_USER
+        cols["user_id"] = pa.array(np.char.mod("u%06d", u).astype(object))
+        cols["brand"] = pa.array(np.char.mod("brand-%d", (u * 7919 + k * 229) % BRANDS).astype(object))
     return pa.table(cols).select(schema.names).cast(schema)
 
 

@@ -81,6 +81,7 @@ from serving.process import ServiceProcess
 warnings.filterwarnings("ignore")  # Feast's experimental-ODFV and ibis deprecation notices
 LEVELS = (1, 8, 32)
 K = 100
+USERS, BRANDS_PER_USER = 2_000, 3  # synthetic user views: every user with the same few brands
 CACHE = Path(tempfile.gettempdir()) / "unisup-bench-cache"
 ENDPOINTS = {  # what each endpoint's requests ask, the stages its Server-Timing names, its targets
     "retrieve": {"body": {"k": K, "with_features": True}, "stages": ("queue", "encode", "search", "features", "blend"),
@@ -109,6 +110,7 @@ def build(root: Path, online: str, items: int, queries: int, kind: str, seed: in
     from pipelines.index.store import load_encoder, load_index
     from pipelines.ingest.synthetic import generate_synthetic
     from pipelines.signals.spec import table_path
+    from pipelines.simulation.users import brand_of
     from pipelines.workspace import Workspace
 
     ws = Workspace(root=root, online=online)
@@ -127,6 +129,10 @@ def build(root: Path, online: str, items: int, queries: int, kind: str, seed: in
                                                    "item_id": loaded.item_ids[rows.ravel()]}),
             ("item_id",): pd.DataFrame({"item_id": loaded.item_ids}),
             ("query_id",): lake_queries[["query_id"]]}
+    users = pd.DataFrame({"user_id": [f"u{i:06d}" for i in range(USERS)]})  # the simulator's ids
+    brands = brand_of(ws.lake.read("items")["title"]).drop_duplicates().head(BRANDS_PER_USER)
+    keys[("user_id",)] = users
+    keys[("user_id", "brand")] = users.merge(pd.DataFrame({"brand": brands.to_numpy()}), how="cross")
     rng = np.random.default_rng(seed)
     for view in feature_store(ws).list_feature_views():
         frame = keys[tuple(view.join_keys)]

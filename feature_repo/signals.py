@@ -13,3 +13,5 @@ from pipelines.signals.retrieval_prior import SIGNAL as retrieval_prior
 from pipelines.signals.engagement_stats import SIGNAL as engagement_stats
 from pipelines.signals.item_profile import SIGNAL as item_profile
 from pipelines.signals.query_profile import SIGNAL as query_profile
+from pipelines.signals.user_stats import SIGNAL as user_stats
+from pipelines.signals.user_brand import SIGNAL as user_brand

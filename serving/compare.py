@@ -230,10 +230,12 @@ class Inspector:
         """item -> its `ranker_online` features for this query (one batched read); failed: the store did not answer."""
         client = self._online_client()
         try:
-            columns = client.get_online_columns([(qid, item) for item in items])
+            # anonymous: the service's user keys (brand, user_id) are "", so its user features read null
+            rows = [tuple({"query_id": qid, "item_id": item}.get(k, "") for k in client.keys) for item in items]
+            columns = client.get_online_columns(rows)
         except Exception:  # noqa: BLE001 - the page shows rows without annotations, flagged degraded
             return {}, True
-        names = [n for n in columns if n not in ("query_id", "item_id")]
+        names = [n for n in columns if n not in client.entity_columns]
         return {item: {n: plain(columns[n][i]) for n in names} for i, item in enumerate(items)}, False
 
     def _online_client(self):

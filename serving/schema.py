@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipelines.text import normalize_query
 
 MAX_QUERY_CHARS = 1000
+MAX_USER_ID_CHARS = 128
 MAX_K = 1000
 DEFAULT_K = 100
 MAX_BATCH = 64  # texts per /encode call and per encoder forward pass
@@ -114,6 +115,9 @@ class SearchRequest(bentoml.IODescriptor):
     n: int = Field(DEFAULT_CANDIDATES, ge=1, le=MAX_CANDIDATES,
                    description=f"Candidates the ranker scores, k..{MAX_CANDIDATES} (fewer if retrieval finds fewer)")
     explain: bool = Field(False, description="Return each item's ranker features too")
+    user_id: str | None = Field(None, min_length=1, max_length=MAX_USER_ID_CHARS,
+                                description="Who searches: the user's features join the one online lookup; "
+                                            "a user the store does not know gets the population's rates")
 
     _searchable = field_validator("query")(searchable)
     _n_covers_k = model_validator(mode="after")(n_covers_k)
@@ -127,6 +131,9 @@ class Ranked(BaseModel):
     relevance: dict[str, float] = Field(description="P(grade >= 1), P(grade >= 2), P(grade >= 3)")
     p_click: float = Field(description="P(click | examined)")
     p_order: float = Field(description="P(order | examined)")
+    p_ctr: float | None = Field(None, description="Calibrated P(click) in the top slot for this user "
+                                                  "(pipelines.engagement; null before `unisup engagement train`)")
+    p_cvr: float | None = Field(None, description="Calibrated P(order | click) for this user (as p_ctr)")
     features: dict[str, Any] | None = Field(None, description="The ranker's input features (explain=true)")
 
 

@@ -1,7 +1,8 @@
 """What /search does, on loaded state: pipelines.ranking.search.SearchStack for one request.
 
 normalize -> candidates (rrf:VERSION top n) -> request-time pair features -> ONE batched online
-lookup of `ranker_online` for the n pairs -> ranker -> value model -> top k. When the online store
+lookup of `ranker_online` for the n pairs and the user -> ranker -> value model -> top k, each with
+the calibrated pCTR / pCVR for that user. When the online store
 fails the stack ranks on request-time features alone and the answer says `degraded: true`; the
 client fails fast (the retriever's timeouts, no retries) and reconnects by itself on a later request.
 Views the store has lost (serving/store_watch.py) degrade the answer too and are named in `missing_views`.
@@ -43,11 +44,13 @@ class LoadedSearch:
         self.search("warm up", k=1, n=10, explain=False, timings=Timings(),  # one-off allocations
                     store=StoreCheck(datetime.now(UTC)))
 
-    def search(self, query: str, k: int, n: int, explain: bool, timings: Timings, store: StoreCheck) -> SearchResponse:
-        """The top k of n candidates; `store` is the last watermark check, naming views the store lost."""
+    def search(self, query: str, k: int, n: int, explain: bool, timings: Timings, store: StoreCheck,
+               user_id: str | None = None) -> SearchResponse:
+        """The top k of n candidates for `user_id` (None: anyone); `store` is the last watermark
+        check, naming views the store lost."""
         norm = normalize_query(query)
         qid = query_id(norm)
-        ranked = self.stack.rank([norm], [qid], n=n, progress=False, degrade=True)
+        ranked = self.stack.rank([norm], [qid], n=n, progress=False, degrade=True, user_id=user_id)
         self.health.record(not ranked.degraded, RuntimeError("online lookup failed") if ranked.degraded else None)
         for stage, seconds in ranked.seconds.items():
             timings.ms[stage] = seconds * 1000
@@ -59,6 +62,7 @@ class LoadedSearch:
             expected_relevance=float(row["expected_relevance"]),
             relevance={c.removeprefix("p_"): float(row[c]) for c in CUMULATIVE},
             p_click=float(row["p_click"]), p_order=float(row["p_order"]),
+            p_ctr=plain(row["p_ctr"]), p_cvr=plain(row["p_cvr"]),
             features={c: plain(row[c]) for c in inputs} if explain else None)
             for row in top.to_dict("records")]
         timings.add("respond", t)

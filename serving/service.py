@@ -104,14 +104,16 @@ class RetrieverService:
 
     @bentoml.api(input_spec=SearchRequest, output_spec=SearchResponse)
     async def search(self, ctx: bentoml.Context, query: str = EXAMPLE_QUERY, k: int = DEFAULT_SEARCH_K,
-                     n: int = DEFAULT_CANDIDATES, explain: bool = False) -> SearchResponse:
-        """Top-k of n candidates by the ranker's value model, with relevance and engagement estimates."""
+                     n: int = DEFAULT_CANDIDATES, explain: bool = False, user_id: str | None = None
+                     ) -> SearchResponse:
+        """Top-k of n candidates by the ranker's value model, with relevance and engagement estimates
+        (calibrated for `user_id` when given)."""
         bundle = self.deployment.current
         if bundle.searcher is None:
             raise SearchUnavailable(f"/search has no ranker: {bundle.search_error}")
         timings = Timings()
         response = await anyio.to_thread.run_sync(bundle.searcher.search, query, k, n, explain, timings,
-                                                  self.deployment.store.state)
+                                                  self.deployment.store.state, user_id)
         ctx.response.headers["Server-Timing"] = timings.header()
         return response
 

@@ -107,6 +107,18 @@ def test_bench_online_quick(tmp_path, redis_server):
     assert data["equal_to_feast"] is True
 
 
+def test_bench_online_ranker_online_quick(tmp_path, redis_server):
+    """/search's lookup: 200 rows of one query and one user, with brands, read with the user views."""
+    data = run_quick("bench_online.py", tmp_path / "ranker.json", redis_server, "--service", "ranker_online",
+                     "--batch", "200")
+    assert data["service"] == "ranker_online" and data["batch"] == 200
+    assert data["entity_keys"] == ["query_id", "item_id", "brand", "user_id"]
+    assert_rows(data["runs"], "label", ["ours -> DataFrame", "ours -> dict of columns",
+                                        "Feast get_online_features().to_df()"])
+    assert all(r["calls"] == data["iterations"] for r in data["runs"])
+    assert data["equal_to_feast"] is True and set(data["target"]["met"]) == {r["label"] for r in data["runs"]}
+
+
 @pytest.mark.slow  # ~90 s on 2 shared cores: a real MiniLM, a BentoML server, Feast
 def test_serve_bench_quick(tmp_path, redis_server):
     data = run_quick("serve_bench.py", tmp_path / "serve.json", redis_server)

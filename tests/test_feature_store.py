@@ -37,10 +37,14 @@ def test_apply_registers_views_services_and_gate(make_workspace):
     ws = prepare(make_workspace())
     store = feature_store(ws)
     views = {fv.name for fv in store.list_feature_views()}
-    assert views == {"teacher_labels", "retrieval_prior", "engagement_stats", "item_profile", "query_profile"}
+    pair_keyed = {"teacher_labels", "retrieval_prior", "engagement_stats", "item_profile", "query_profile"}
+    assert views == pair_keyed | {"user_stats", "user_brand"}
+    assert {e.name for e in store.list_entities()} == {"query", "item", "user", "brand"}
     assert [v.name for v in store.list_on_demand_feature_views()] == ["gated_engagement"]
-    training = store.get_feature_service("training")
-    assert {p.name for p in training.feature_view_projections} == views | {"gated_engagement"}
+    training = store.get_feature_service("training")  # rows of (query, item) join no user view
+    assert {p.name for p in training.feature_view_projections} == pair_keyed | {"gated_engagement"}
+    engagement = store.get_feature_service("engagement")
+    assert {p.name for p in engagement.feature_view_projections} == {"user_stats", "user_brand"}
     online = store.get_feature_service("retriever_online")
     assert sum(len(p.features) for p in online.feature_view_projections) == 11
     assert (ws.root / "feature_store.yaml").exists()

@@ -211,6 +211,8 @@ def edge_tables(ws: Workspace, seed: int = 0) -> None:
         event.iloc[:2] = [END - ttl, END]  # exactly on both window ends (Feast includes both)
         df = pd.DataFrame({"query_id": rng.choice(["q1", "q2", "q3", "ü", ""], n),
                            "item_id": rng.choice(["i1", "i2", "i3", "i4", "长"], n),
+                           "user_id": rng.choice(["u1", "u2", "ü"], n),  # user and (user, brand) views
+                           "brand": rng.choice(["b1", "b2", ""], n),
                            "event_timestamp": event,
                            # distinct per row, so Feast's (unstable) sort has no full ties to break
                            "created_timestamp": event + pd.to_timedelta(rng.permutation(n), unit="s")})
@@ -325,8 +327,13 @@ def read_equals_feast(ws: Workspace, reader, service: str) -> pd.DataFrame:
     columns, values and dtypes); the frame read, for further checks."""
     pairs = request_pairs(ws, np.random.default_rng(1))
     store = feature_store(ws)
-    ours = reader.read(pairs)
-    rows = [{"query_id": q, "item_id": i} for q, i in pairs]
+    extra = {}  # a service reading user views: rows of known and unknown users and brands
+    if "user_id" in reader.keys:
+        known = pd.read_parquet(ws.features_dir / "user_brand.parquet", columns=["user_id", "brand"]).iloc[0]
+        extra = {"user_id": [known["user_id"], "nobody"], "brand": [known["brand"], ""]}
+    rows = [{"query_id": q, "item_id": i} | {k: v[n % len(v)] for k, v in extra.items()}
+            for n, (q, i) in enumerate(pairs)]
+    ours = reader.read([tuple(row[k] for k in reader.keys) for row in rows])
     feast = store.get_online_features(features=store.get_feature_service(service), entity_rows=rows).to_df()
     assert sorted(ours.columns) == sorted(feast.columns)
     pd.testing.assert_frame_equal(ours, feast[list(ours.columns)])

@@ -28,13 +28,15 @@ from pipelines.cli import app
 from pipelines.features.dataset import build_dataset
 from pipelines.features.materialize import materialize
 from pipelines.features.online import OnlineFeatures
+from pipelines.features.produce import build_signals
 from pipelines.index.store import find_index, load_encoder, load_index
 from pipelines.settings import Settings
+from pipelines.signals.spec import SignalContext
 from pipelines.text import normalize_query, query_id
 from pipelines.workspace import ConfigError, Workspace
 from serving.process import ServiceProcess
 
-from conftest import RedisServer, copy_repo, free_port, prepare
+from conftest import AS_OF, RedisServer, copy_repo, free_port, prepare
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (make setup installs it); Playwright downloads no browser
 
@@ -59,6 +61,8 @@ def redis_srv(tmp_path_factory):
 def ws(tmp_path_factory, redis_srv) -> Workspace:
     root = tmp_path_factory.mktemp("serving")
     ws = prepare(Workspace(root=root / "ws", online=redis_srv.url, repo_dir=copy_repo(root / "repo")))
+    build_signals(ws, SignalContext(lake=ws.lake, as_of=AS_OF, seed=0, quick=True, work_dir=ws.cache_dir),
+                  only=["user_stats", "user_brand"])  # the same tables, the build's settings recorded
     materialize(ws, incremental=False)
     result = CliRunner().invoke(app, [*cli_args(ws), "index", "build"])
     assert result.exit_code == 0, result.output
@@ -66,6 +70,8 @@ def ws(tmp_path_factory, redis_srv) -> Workspace:
     result = CliRunner().invoke(app, [*cli_args(ws), "rank", "train", "--candidates", "rrf", "--quick",
                                       "--epochs", "1"])  # the ranker /search serves ("ranker")
     assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, [*cli_args(ws), "engagement", "train", "--rounds", "30", "--threads", "1"])
+    assert result.exit_code == 0, result.output  # the pCTR / pCVR /search serves
     return ws
 
 
@@ -308,6 +314,22 @@ def test_search_ranks_its_candidates_by_the_value_model(ws, server):
     assert all(f"{stage};dur=" in timing for stage in ("retrieve", "features", "lookup", "rank"))
 
 
+def test_search_reads_the_users_features_in_its_lookup_and_an_unknown_user_gets_the_population_rates(ws, server):
+    from pipelines.signals.user_stats import impression_log
+
+    log = impression_log(SignalContext(lake=ws.lake, as_of=AS_OF, seed=0, quick=True, work_dir=ws.cache_dir))
+    heavy = str(log["user_id"].value_counts().index[0])
+    body = {"query": lake_query(ws, "train"), "k": 20, "n": 50}
+    anyone, stranger, known = (server.search(body | extra).json()
+                               for extra in ({}, {"user_id": "nobody-we-know"}, {"user_id": heavy}))
+    ctr = {name: [i["p_ctr"] for i in answer["items"]] for name, answer in
+           (("anyone", anyone), ("stranger", stranger), ("known", known))}
+    assert all(0 < p < 1 for p in ctr["anyone"] + ctr["known"])
+    assert ctr["stranger"] == ctr["anyone"] and not stranger["degraded"]  # the prior, not an error
+    assert ctr["known"] != ctr["anyone"]  # the heavy user's history moves the estimates
+    assert [i["item_id"] for i in known["items"]] == [i["item_id"] for i in anyone["items"]]  # ranked alike
+
+
 def test_a_served_row_equals_the_training_row_of_the_same_pair(ws, server):
     """/search's explained features for a training query and the ranker's training table (point-in-time
     at the same moment, request-time features from the same candidates) agree feature by feature."""
@@ -398,8 +420,9 @@ def test_compare_annotates_from_the_store_and_shows_training_judgments_only(ws, 
     body = compare(server, {"query": train, "left": "bm25", "right": "search", "k": 20}).json()
     assert body["known_query"] is True and body["degraded"] is False
     rows = {i["item_id"]: i for c in body["columns"] for i in c["items"]}
-    reference = OnlineFeatures(ws, "ranker_online", engine="feast").get_online_features(
-        [(body["query_id"], item) for item in rows]).set_index("item_id")
+    feast = OnlineFeatures(ws, "ranker_online", engine="feast")
+    reference = feast.get_online_features([(body["query_id"], item, "", "") for item in rows]).set_index("item_id")
+    assert feast.keys == ("query_id", "item_id", "brand", "user_id")
     labelled = 0
     for item, row in rows.items():
         if row["teacher"] is None:
@@ -484,6 +507,8 @@ SEARCH_BAD = [  # (case, body, fragment): /retrieve's rules hold, plus /search's
     ("n below k", {"query": "drill", "k": 20, "n": 10}, "at least k"),
     ("explain as string", {"query": "drill", "explain": "yes"}, "valid boolean"),
     ("unknown field", {"query": "drill", "top_k": 5}, "Extra inputs"),
+    ("empty user", {"query": "drill", "user_id": ""}, "at least 1 character"),
+    ("user as number", {"query": "drill", "user_id": 7}, "valid string"),
 ]
 
 

@@ -1,13 +1,15 @@
-"""get_online_features for (query, item) pairs from Feast's Redis store, in one round trip.
+"""get_online_features for entity rows (query, item pairs and a service's other keys) from Feast's
+Redis store, in one round trip.
 
 Feast's SDK spends most of a ~8 ms lookup of 100 pairs in Python around its single pipeline:
 one HMGET per entity per view, proto objects per value, a response proto, then pandas. Here
 the layout is planned once per service: views sharing join keys share one Redis hash, so one
-HMGET per distinct entity fetches all their fields (pair views together, items and queries
-deduplicated); commands are prebuilt bytes, replies are parsed by hiredis and decoded straight
-off the wire. On a Redis Cluster the HMGETs split by the master owning each key's slot and go to
-all masters at once (redis_pipe.NodePipes). The rest (planning per service, on-demand views,
-assembly, no TTL applied, as in Feast's read) is service_reader.ServiceReader's.
+HMGET per distinct entity fetches all their fields (pair views together; items, queries, users,
+(user, brand) entities each deduplicated); commands are prebuilt bytes, replies are parsed by
+hiredis and decoded straight off the wire. On a Redis Cluster the HMGETs split by the master
+owning each key's slot and go to all masters at once (redis_pipe.NodePipes). The rest (planning
+per service, on-demand views, assembly, no TTL applied, as in Feast's read) is
+service_reader.ServiceReader's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from pipelines.features.service_reader import EntityGroup, ServiceReader, encode
 from pipelines.workspace import Workspace
 
 
+def _apply(encode: Callable[[object], bytes], value: object) -> bytes:
+    return encode(value)
+
+
 @dataclass(frozen=True)
 class _Group:
     """Views sharing one Redis hash (same join keys): one HMGET fetches all their fields."""
@@ -34,7 +40,8 @@ class _Group:
     command_tail: bytes  # the HMGET field names, RESP-encoded once
     header: bytes
     prefix: bytes
-    getter: Callable
+    getter: Callable  # an entity row -> its value (one join key) or tuple of values
+    encoders: tuple[Callable[[object], bytes], ...] | None  # per join key; None: all strings (encoded_id)
 
 
 def _plan(group: EntityGroup) -> _Group:
@@ -43,11 +50,11 @@ def _plan(group: EntityGroup) -> _Group:
     return _Group(group.join_keys, columns,
                   command_tail=b"".join(wire.resp_bulk(wire.field_name(view, feat)) for (view, feat), _ in columns),
                   header=b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(columns)), prefix=group.prefix,
-                  getter=itemgetter(*group.positions))
+                  getter=itemgetter(*group.positions), encoders=None if group.strings else group.encoders)
 
 
 class RedisFeatureReader(ServiceReader):
-    """get_online_features for (query_id, item_id) pairs in one pipelined Redis round trip."""
+    """get_online_features for entity rows (tuples in `keys` order) in one pipelined Redis round trip."""
 
     def __init__(self, ws: Workspace, service_name: str = "retriever_online",
                  store: FeatureStore | None = None):
@@ -55,17 +62,21 @@ class RedisFeatureReader(ServiceReader):
         self.connector = RedisConnector(self.store.config.online_store)
         self.groups = [_plan(g) for g in self.entity_groups]
 
-    def _fetch(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list]:
+    def _fetch(self, rows: Sequence[tuple]) -> dict[tuple[str, str], list]:
         """One HMGET per distinct entity of each hash group, all in one pipelined round trip (per
         cluster node, all nodes at once)."""
         project = self.project.encode()
         plan, keys, commands = [], [], []
         for g in self.groups:
             slots: dict = {}
-            index = [slots.setdefault(g.getter(p), len(slots)) for p in pairs]
+            index = [slots.setdefault(g.getter(r), len(slots)) for r in rows]
             single = len(g.join_keys) == 1
             for ent in slots:
-                key = b"".join([g.prefix, *map(encoded_id, (ent,) if single else ent), project])
+                ids = (ent,) if single else ent
+                if g.encoders is None:
+                    key = b"".join([g.prefix, *map(encoded_id, ids), project])
+                else:
+                    key = b"".join([g.prefix, *map(_apply, g.encoders, ids), project])
                 keys.append(key)
                 commands.append(b"%s$%d\r\n%s\r\n%s" % (g.header, len(key), key, g.command_tail))
             plan.append((g, len(slots), index))

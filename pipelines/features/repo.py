@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,9 +82,12 @@ def load_repo(repo_dir: Path) -> RepoContents:
     for module in modules:
         if module.__name__ == "signals":
             contents.signals = signals_in(vars(module))
-            for signal in contents.signals:  # a registered signal brings its views along
+            for signal in contents.signals:  # a registered signal brings its views along...
                 for view in signal.views():
                     _collect(contents, view)
+                for obj in vars(inspect.getmodule(signal.producer)).values():  # ...and its module's entities
+                    if isinstance(obj, Entity):
+                        _collect(contents, obj)
         for obj in vars(module).values():
             _collect(contents, obj)
     for view in contents.views:  # a source declared inline in a view is still a source (as in Feast)

@@ -1,4 +1,9 @@
-"""get_online_features for (query, item) pairs, read straight from an online store's own layout.
+"""get_online_features for (query, item) pairs, and any other entities a service keys on (a user,
+a (user, brand)), read straight from an online store's own layout.
+
+A service's entity rows are tuples in `ServiceReader.keys` order: query_id, item_id, then the
+other join keys of its views, sorted by name (a pair-only service: (query_id, item_id) pairs).
+Every entity is read in the same batched lookup.
 
 What every fast reader shares (redis_reader for Redis, sqlite_fast for SQLite): which stored
 features a FeatureService needs, per view; the service's on-demand views run through their
@@ -9,7 +14,8 @@ stored values come back however old.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -17,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from feast import FeatureStore, FeatureView
+from feast.feature_view import DUMMY_ENTITY_ID
 from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 from feast.value_type import ValueType
 
@@ -24,7 +31,7 @@ from pipelines.features import redis_wire as wire
 from pipelines.features.repo import feature_store
 from pipelines.workspace import Workspace
 
-PAIR_POSITION = {"query_id": 0, "item_id": 1}  # where a join key's value sits in a (query_id, item_id) pair
+PAIR_KEYS = ("query_id", "item_id")  # every entity row starts with these (ServiceReader.keys)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -34,6 +41,15 @@ def encoded_id(value: str) -> bytes:
     return len(raw).to_bytes(4, "little").join([b"\x02\x00\x00\x00", raw])
 
 
+def encoded_int64(value: int) -> bytes:
+    """serialize_entity_key's bytes for one INT64 value: type tag, length 8, little-endian."""
+    return b"\x04\x00\x00\x00\x08\x00\x00\x00" + struct.pack("<q", value)
+
+
+KEY_ENCODERS: dict[ValueType, Callable[[object], bytes]] = {ValueType.STRING: encoded_id,
+                                                            ValueType.INT64: encoded_int64}
+
+
 @dataclass(frozen=True)
 class EntityGroup:
     """The views a service reads whose rows share one stored entity key (the same join keys: the
@@ -41,16 +57,24 @@ class EntityGroup:
 
     join_keys: tuple[str, ...]  # sorted, as serialize_entity_key orders them
     prefix: bytes  # the serialized entity key's bytes before the values (wire.entity_key_prefix)
-    positions: tuple[int, ...]  # where each join key's value sits in a (query_id, item_id) pair
+    positions: tuple[int, ...]  # where each join key's value sits in an entity row (ServiceReader.keys)
     views: dict[str, dict[str, object]]  # view -> {feature: value type} to read, in the service's order
+    encoders: tuple[Callable[[object], bytes], ...]  # per join key: its value's serialized bytes
+
+    @property
+    def strings(self) -> bool:
+        """Every join key is a string (encoded_id serializes all its values)."""
+        return all(e is encoded_id for e in self.encoders)
 
 
 class ServiceReader:
-    """Feast's `get_online_features(features=service, ...)` for (query_id, item_id) pairs.
+    """Feast's `get_online_features(features=service, ...)` for entity rows, tuples in `keys` order.
 
-    Equal to `store.get_online_features(features=service, ...).to_df()` in columns, values and
-    dtypes (column order: service order; Feast's own order inside a view follows set iteration
-    and varies with PYTHONHASHSEED). On-demand views run through their registered transform."""
+    Equal to `store.get_online_features(features=service, entity_rows=[dict(zip(keys, row)) ...])
+    .to_df()` in columns, values and dtypes (column order: the entity columns in `keys` order,
+    then the service's features in service order; Feast's own order inside a view follows set
+    iteration and varies with PYTHONHASHSEED). An entity the store does not hold (an unknown user)
+    reads as nulls. On-demand views run through their registered transform."""
 
     def __init__(self, ws: Workspace, service_name: str = "retriever_online",
                  store: FeatureStore | None = None):
@@ -66,45 +90,60 @@ class ServiceReader:
         for proj in service.feature_view_projections:
             names = [f.name for f in proj.features]
             if proj.name in batch:
-                self._want(fetch, batch[proj.name], names)
+                self._want(fetch, batch[proj.name], names, proj)
                 self.outputs += names
                 continue
             odfv = self.store.get_on_demand_feature_view(proj.name)
             if odfv.write_to_online_store:
                 raise NotImplementedError(f"on-demand view {odfv.name!r} is stored online; use Feast")
             for src in odfv.source_feature_view_projections.values():
-                self._want(fetch, batch[src.name], [f.name for f in src.features])
+                self._want(fetch, batch[src.name], [f.name for f in src.features], src)
             self.odfvs.append((odfv, names, {s.name for s in odfv.source_feature_view_projections.values()}))
             self.outputs += names
         self.fetch, self.views = fetch, batch  # view -> {feature: value type} to read; every batch view
-        self.entity_groups = self._group(fetch, batch)
+        self.keys: tuple[str, ...] = service_keys(batch[name] for name in fetch)
+        self.entity_columns: tuple[str, ...] = answered_keys(self.store, self.keys)
+        self._entity_positions = tuple((k, self.keys.index(k)) for k in self.entity_columns)
+        self.entity_groups = self._group(fetch, batch, self.keys)
 
     @staticmethod
-    def _group(fetch: dict, batch: dict) -> list[EntityGroup]:
+    def _group(fetch: dict, batch: dict, keys: tuple[str, ...]) -> list[EntityGroup]:
         """The views to read grouped by their sorted join keys, groups and views in `fetch` order."""
         views: dict[tuple[str, ...], dict] = {}
+        types: dict[str, ValueType] = {}
         for name, wanted in fetch.items():
             views.setdefault(tuple(sorted(batch[name].join_keys)), {})[name] = wanted
-        return [EntityGroup(keys, wire.entity_key_prefix(list(keys)), tuple(PAIR_POSITION[k] for k in keys), group)
-                for keys, group in views.items()]
+            types.update({c.name: c.dtype.to_value_type() for c in batch[name].entity_columns})
+        for key, vt in types.items():
+            if vt not in KEY_ENCODERS:
+                raise NotImplementedError(f"join key {key!r}: value type {vt.name} (string and int64 keys only)")
+        return [EntityGroup(join_keys, wire.entity_key_prefix(list(join_keys)),
+                            tuple(keys.index(k) for k in join_keys), group,
+                            tuple(KEY_ENCODERS[types[k]] for k in join_keys))
+                for join_keys, group in views.items()]
 
     @staticmethod
-    def _want(fetch: dict, view: FeatureView, names: list[str]) -> None:
-        if not set(view.join_keys) <= {"query_id", "item_id"}:
-            raise NotImplementedError(f"view {view.name!r}: join keys {view.join_keys} are not pair keys")
+    def _want(fetch: dict, view: FeatureView, names: list[str], projection) -> None:
+        if not view.join_keys or DUMMY_ENTITY_ID in view.join_keys:
+            raise NotImplementedError(f"view {view.name!r} has no entity; use Feast")
+        if projection.join_key_map:
+            raise NotImplementedError(f"view {view.name!r}: join keys mapped {projection.join_key_map}; use Feast")
         types = {f.name: f.dtype.to_value_type() for f in view.features}
         fetch.setdefault(view.name, {}).update({n: types[n] for n in names})
 
-    def _fetch(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list]:
-        """(view, feature) -> the stored value of each pair (None where the store has none)."""
+    def _fetch(self, rows: Sequence[tuple]) -> dict[tuple[str, str], list]:
+        """(view, feature) -> the stored value for each entity row (None where the store has none)."""
         raise NotImplementedError
 
-    def read_columns(self, pairs: Sequence[tuple[str, str]]) -> dict[str, list]:
-        """Feast's `to_dict()` for these pairs: entity columns, then features, then on-demand ones."""
-        return self._assemble(pairs, self._fetch(pairs))
+    def read_columns(self, rows: Sequence[tuple]) -> dict[str, list]:
+        """Feast's `to_dict()` for these entity rows (tuples in `keys` order): entity columns, then
+        features, then on-demand ones."""
+        if rows and len(rows[0]) != len(self.keys):  # a pair for a service that reads users too
+            raise ValueError(f"entity rows are tuples of {self.keys}; got {rows[0]!r}")
+        return self._assemble(rows, self._fetch(rows))
 
-    def _assemble(self, pairs: Sequence[tuple[str, str]], values: dict) -> dict[str, list]:
-        out: dict[str, list] = {"query_id": [p[0] for p in pairs], "item_id": [p[1] for p in pairs]}
+    def _assemble(self, rows: Sequence[tuple], values: dict) -> dict[str, list]:
+        out: dict[str, list] = {k: [r[p] for r in rows] for k, p in self._entity_positions}
         by_name = {feat: col for (view, feat), col in values.items()}
         for odfv, names, sources in self.odfvs:
             by_name.update(_run_on_demand(odfv, names, sources, out, values))
@@ -112,9 +151,25 @@ class ServiceReader:
             out[name] = by_name[name]
         return out
 
-    def read(self, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
-        """Features for each (query_id, item_id), in input order; missing values are null."""
-        return pd.DataFrame(self.read_columns(pairs), columns=["query_id", "item_id", *self.outputs])
+    def read(self, rows: Sequence[tuple]) -> pd.DataFrame:
+        """Features for each entity row (a tuple in `keys` order), in input order; missing values are null."""
+        return pd.DataFrame(self.read_columns(rows), columns=[*self.entity_columns, *self.outputs])
+
+
+def service_keys(views) -> tuple[str, ...]:
+    """The entity columns a service's rows carry: query_id, item_id, then the other join keys of
+    `views` (the batch views it reads, directly or through on-demand views), sorted by name."""
+    others = {k for view in views for k in view.join_keys} - set(PAIR_KEYS)
+    return (*PAIR_KEYS, *sorted(others))
+
+
+def answered_keys(store: FeatureStore, keys: Sequence[str]) -> tuple[str, ...]:
+    """The entity columns Feast's answer starts with for entity rows of `keys`, in their order: the
+    keys that are the join key of some entity registered in the project, whether or not the service
+    reads it (Feast drops a row's other fields). For a repo declaring the query and item entities,
+    all of `keys`."""
+    registered = {e.join_key for e in store.list_entities()}
+    return tuple(k for k in keys if k in registered)
 
 
 def _run_on_demand(odfv, names: list[str], sources: set[str], entities: dict, values: dict) -> dict:

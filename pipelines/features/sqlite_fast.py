@@ -19,7 +19,8 @@ behaves and as a rerun or an out-of-order backfill needs. Equal event times over
 row of the same moment wins, as in Feast).
 
 Reads (`SqliteFeatureReader`): one statement per join-key layout (a UNION ALL over the views that
-share it) for all of a request's distinct keys.
+share it) for all of a request's distinct keys; a multi-key entity's key is serialize_entity_key of
+its join keys sorted by name, as Feast's SQLite store keys it.
 """
 
 from __future__ import annotations
@@ -175,23 +176,29 @@ def _require_table(conn: sqlite3.Connection, store: FeatureStore, view: FeatureV
 
 
 class SqliteFeatureReader(ServiceReader):
-    """get_online_features for (query_id, item_id) pairs from Feast's SQLite store. Views sharing
-    join keys (the pair views; items; queries) are read by one statement, a UNION ALL of one
-    SELECT per view over the request's distinct keys, whose serialized form is built once."""
+    """get_online_features for entity rows (tuples in `keys` order) from Feast's SQLite store. Views
+    sharing join keys (the pair views; items; queries; users; ...) are read by one statement, a
+    UNION ALL of one SELECT per view over the request's distinct keys, whose serialized form is
+    built once."""
 
     def __init__(self, ws: Workspace, service_name: str = "retriever_online", store: FeatureStore | None = None):
         super().__init__(ws, service_name, store)
         self.conn = connect(self.store)
         self._lock = threading.Lock()  # one connection, shared by a service's threads
-        self.groups = [(g.prefix, g.positions, [(name, wanted, quote(table_name(self.store, self.views[name])))
-                                                for name, wanted in g.views.items()])
+        self.groups = [(g.prefix, g.positions, None if g.strings else g.encoders,  # None: encoded_id each
+                        [(name, wanted, quote(table_name(self.store, self.views[name])))
+                         for name, wanted in g.views.items()])
                        for g in self.entity_groups]
 
-    def _fetch(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list]:
+    def _fetch(self, rows: Sequence[tuple]) -> dict[tuple[str, str], list]:
         values: dict[tuple[str, str], list] = {}
-        for prefix, positions, views in self.groups:
-            entities = [tuple(pair[p] for p in positions) for pair in pairs]
-            unique = {e: b"".join([prefix, *map(encoded_id, e)]) for e in dict.fromkeys(entities)}
+        for prefix, positions, encoders, views in self.groups:
+            entities = [tuple(row[p] for p in positions) for row in rows]
+            if encoders is None:
+                unique = {e: b"".join([prefix, *map(encoded_id, e)]) for e in dict.fromkeys(entities)}
+            else:
+                unique = {e: b"".join([prefix, *(enc(v) for enc, v in zip(encoders, e))])
+                          for e in dict.fromkeys(entities)}
             keys = list(unique.values())
             found: dict[tuple[int, bytes, str], bytes] = {}
             for start in range(0, len(keys), CHUNK_KEYS):
@@ -203,8 +210,8 @@ class SqliteFeatureReader(ServiceReader):
                     for v, (_, wanted, table) in enumerate(views))
                 params = [p for _, wanted, _ in views for p in (*chunk, *wanted)]
                 with self._lock:
-                    rows = self.conn.execute(sql, params).fetchall()
-                found.update(((v, key, feature), value) for v, key, feature, value in rows)
+                    stored = self.conn.execute(sql, params).fetchall()
+                found.update(((v, key, feature), value) for v, key, feature, value in stored)
             ordered = [unique[e] for e in entities]
             for v, (view_name, wanted, _) in enumerate(views):
                 for feature, vt in wanted.items():

@@ -10,6 +10,14 @@ the weights chosen on calib queries; "search:NAME@VARIANT" is an ablation of the
 
 Store features come from the online store (`ranker_online`): when it fails (Redis down), the stack
 ranks with request-time features only and says so (`degraded`); the next request tries again.
+
+The same lookup reads the user's views (user_stats, user_brand: rows carry the user and each
+candidate's brand), and every candidate gets the calibrated pCTR / pCVR of pipelines.engagement as
+`p_ctr` / `p_cvr` for that user. They are reported beside the value, not in it: the value model's
+engagement terms are the ranker's own heads, whose weights were chosen on calib queries against
+NDCG@10, trained on traffic that includes an exploration slice over all candidates; the pCTR model
+has seen only BM25's top 10 and would extrapolate on the rest (ranking/data.py explains why that
+went wrong once). Ranking by them is measured in no A/B yet.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pipelines.engagement.store import EngagementFiles
 from pipelines.metrics import DEPTH
 from pipelines.ranking.config import VARIANTS
 from pipelines.ranking.features import assemble, pair_features
@@ -28,9 +37,11 @@ from pipelines.ranking.store import OUTPUTS, RankerFiles, predict
 from pipelines.ranking.value import ValueWeights, value_terms
 from pipelines.retrieval.pair_features import PairScorer
 from pipelines.retrieval.runner import ModelRunner, Run
+from pipelines.simulation.users import brand_of
 from pipelines.workspace import Workspace
 
 SERVICE = "ranker_online"
+ENGAGEMENT_OUTPUTS = {"click": "p_ctr", "order": "p_cvr"}  # calibrated pCTR, pCVR (pipelines.engagement)
 LOOKUP_CHUNK = 20_000  # pairs per online read in batch (eval) use
 ENGAGEMENT_ONLY = ValueWeights(click_weight=1.0, order_weight=2.0)
 
@@ -54,8 +65,10 @@ class SearchStack:
         self.candidate_model = self.meta["data"]["candidates"]
         self.n = int(self.meta["data"]["n"])
         self.weights = ValueWeights(**self.meta["value_weights"])  # the value model chosen on calib queries
-        self.scorer = PairScorer(runner.fused_channels(self.candidate_model), ws.lake.read("items"),
-                                 reuse_channel_vectors=True)
+        items = ws.lake.read("items")
+        self.scorer = PairScorer(runner.fused_channels(self.candidate_model), items, reuse_channel_vectors=True)
+        self.brands = pd.Series(brand_of(items["title"]).to_numpy(), index=items["item_id"].astype(str))
+        self.engagement = engagement_models(ws)
         self._online = online
 
     @classmethod
@@ -74,10 +87,12 @@ class SearchStack:
         return self._online
 
     def rank(self, texts: Sequence[str], query_ids: Sequence[str], n: int | None = None,
-             progress: bool = True, degrade: bool = False, known: pd.DataFrame | None = None) -> Ranked:
+             progress: bool = True, degrade: bool = False, known: pd.DataFrame | None = None,
+             user_id: str | None = None) -> Ranked:
         """Score the top-n candidates of each (normalized) query and sort them by this stack's
         variant, best first per query (see `score` for the arguments)."""
-        scored = self.score(texts, query_ids, n, progress, degrade, known, lambdamart=self.variant == "lambdamart")
+        scored = self.score(texts, query_ids, n, progress, degrade, known, lambdamart=self.variant == "lambdamart",
+                            user_id=user_id)
         t = time.perf_counter()
         scored.rows = self.order(scored.rows, self.variant)
         scored.seconds["rank"] += time.perf_counter() - t
@@ -85,7 +100,7 @@ class SearchStack:
 
     def score(self, texts: Sequence[str], query_ids: Sequence[str], n: int | None = None,
               progress: bool = True, degrade: bool = False, known: pd.DataFrame | None = None,
-              lambdamart: bool = True, candidates: pd.DataFrame | None = None) -> Ranked:
+              lambdamart: bool = True, candidates: pd.DataFrame | None = None, user_id: str | None = None) -> Ranked:
         """The top-n candidates of each (normalized) query with their features and every output
         (relevance and engagement heads, the LambdaMART score), unsorted: what every variant sorts.
         degrade: an online-store failure ranks without store features (a request) instead of raising
@@ -93,7 +108,9 @@ class SearchStack:
         (query_id, item_id, store feature columns) standing in for the store's where it has none
         (pipelines.ranking.precompute: the known-query regime for queries new to the store).
         lambdamart: also score with the baseline (a request skips it unless the stack serves it).
-        candidates: this stack's `candidates` of the queries, when the caller has them already."""
+        candidates: this stack's `candidates` of the queries, when the caller has them already.
+        user_id: whose user features the lookup reads beside the pairs' (None or a user the store
+        does not know: null user features, so the engagement models give the population's rates)."""
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         rows = self.candidates(texts, query_ids, n, progress) if candidates is None else candidates.copy()
@@ -104,7 +121,7 @@ class SearchStack:
         request = pair_features(self.scorer, rows)
         t2 = time.perf_counter()
         seconds["features"] = t2 - t1
-        stored, degraded = self.lookup(rows, degrade)
+        stored, degraded = self.lookup(rows, degrade, user_id)
         if known is not None:
             stored = stored.fillna(rows[["query_id", "item_id"]].merge(known, how="left").reindex(
                 columns=self.spec.store).set_axis(rows.index))
@@ -113,6 +130,9 @@ class SearchStack:
         rows = assemble(rows, request, stored)
         rows = pd.concat([rows, predict(self.model, self.spec, rows)], axis=1)
         rows["lambdamart"] = self.booster.predict(self.spec.raw(rows)) if lambdamart else np.nan
+        for target, column in ENGAGEMENT_OUTPUTS.items():  # calibrated, as if shown in the top slot
+            model = self.engagement.get(target)
+            rows[column] = model.predict(rows.assign(position=1)) if model is not None else np.nan
         seconds["rank"] = time.perf_counter() - t3
         return Ranked(rows, seconds, degraded)
 
@@ -136,19 +156,24 @@ class SearchStack:
         weights = self.weights if variant == "value" else ValueWeights()
         return value_terms(rows["expected_relevance"].to_numpy(), p_click, p_order, weights)
 
-    def lookup(self, rows: pd.DataFrame, degrade: bool = False) -> tuple[pd.DataFrame, bool]:
-        """The store features of every row (one online read per chunk; a request is one chunk), and
-        whether the store failed (then, with `degrade`, every store feature is null)."""
-        pairs = list(zip(rows["query_id"], rows["item_id"]))
+    def lookup(self, rows: pd.DataFrame, degrade: bool = False, user_id: str | None = None
+               ) -> tuple[pd.DataFrame, bool]:
+        """The store features of every row, the ranker's and the engagement models' (one online read
+        per chunk; a request is one chunk), and whether the store failed (then, with `degrade`,
+        every store feature is null)."""
+        keys = {"query_id": rows["query_id"], "item_id": rows["item_id"],
+                "brand": rows["item_id"].map(self.brands).fillna(""), "user_id": [user_id or ""] * len(rows)}
+        entity_rows = list(zip(*(keys[k] for k in self.online.keys)))
+        columns = list(dict.fromkeys([*self.spec.store, *self.online.feature_names]))
         try:
-            parts = [self.online.get_online_features(pairs[i:i + LOOKUP_CHUNK])
-                     for i in range(0, len(pairs), LOOKUP_CHUNK)]
+            parts = [self.online.get_online_features(entity_rows[i:i + LOOKUP_CHUNK])
+                     for i in range(0, len(entity_rows), LOOKUP_CHUNK)]
         except Exception:  # noqa: BLE001 - any store failure: degraded answer for a request
             if not degrade:
                 raise
-            return pd.DataFrame(np.nan, index=rows.index, columns=self.spec.store), True
-        stored = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=self.spec.store)
-        return stored.reindex(columns=self.spec.store).set_axis(rows.index), False
+            return pd.DataFrame(np.nan, index=rows.index, columns=columns), True
+        stored = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+        return stored.reindex(columns=columns).set_axis(rows.index), False
 
     def runs(self, texts: Sequence[str], query_ids: Sequence[str], depth: int = DEPTH,
              known: pd.DataFrame | None = None) -> tuple[Run, float]:
@@ -159,6 +184,13 @@ class SearchStack:
     def versions(self) -> dict[str, str]:
         return {"ranker": f"{self.name}@{self.variant}", "created": self.meta["created"],
                 "candidates": self.candidate_model, "feature_service": SERVICE}
+
+
+def engagement_models(ws: Workspace, name: str = "engagement") -> dict:
+    """The workspace's calibrated pCTR / pCVR models (pipelines.engagement), or none before
+    `unisup engagement train`: /search then answers p_ctr and p_cvr as null."""
+    files = EngagementFiles.of(ws, name)
+    return files.load() if files.meta.exists() else {}
 
 
 def best_first(rows: pd.DataFrame, score) -> pd.DataFrame:

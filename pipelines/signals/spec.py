@@ -83,19 +83,23 @@ Producer = Callable[[SignalContext], pd.DataFrame]
 
 @dataclass(frozen=True)
 class Signal:
-    """A feature view, its producer, and what of it the retriever and the ranker read.
+    """A feature view, its producer, and what of it the retriever, the ranker and the engagement
+    models read.
 
     derived: on-demand views computed from this signal's view (and others) at read time; they join
     the `training` service with the view. online_features: the features of the view or of a derived
     view that `retriever_online` reads; empty keeps the signal out of it. ranker_features: the
     numeric features the ranking stage reads, point-in-time (`ranking`) and online (`ranker_online`)
-    alike; never a label (the human grade) or an identifier."""
+    alike; never a label (the human grade) or an identifier. engagement_features: what the pCTR /
+    pCVR models read beyond the ranker features, point-in-time at each impression (`engagement`) and
+    online in /search's one lookup (`ranker_online`, beside the ranker features)."""
 
     view: FeatureView
     producer: Producer
     online_features: tuple[str, ...] = ()
     derived: tuple[OnDemandFeatureView, ...] = ()
     ranker_features: tuple[str, ...] = ()
+    engagement_features: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -115,6 +119,20 @@ class Signal:
     def ranker_views(self) -> list[FeatureView | OnDemandFeatureView]:
         """The ranking stage's features, as projections of the views that own them."""
         return self._projections(self.ranker_features, "ranker")
+
+    def engagement_views(self) -> list[FeatureView | OnDemandFeatureView]:
+        """The engagement models' own features, as projections of the views that own them."""
+        return self._projections(self.engagement_features, "engagement")
+
+    def search_views(self) -> list[FeatureView | OnDemandFeatureView]:
+        """The ranker's and the engagement models' features together: what /search reads of this
+        signal in its one lookup."""
+        return self._projections(tuple(dict.fromkeys(self.ranker_features + self.engagement_features)), "search")
+
+    @property
+    def pair_keyed(self) -> bool:
+        """Keyed by the query, the item or both: every (query, item) entity row can join it."""
+        return set(self.view.entities) <= {"query", "item"}
 
     def _projections(self, names: tuple[str, ...], role: str) -> list[FeatureView | OnDemandFeatureView]:
         wanted = set(names)
