@@ -40,8 +40,8 @@ MODEL_NAMES = ("bm25 | char | rrf | rrf:VERSION | an encoder version | "  # pipe
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
 
-PIPELINE_ORDER = ("ingest", "signals", "apply", "materialize", "dataset", "train", "index", "rank", "serve", "ui",
-                  "eval", "ab", "consistency", "demo")
+PIPELINE_ORDER = ("ingest", "signals", "apply", "materialize", "dataset", "train", "index", "rank", "engagement",
+                  "serve", "ui", "eval", "ab", "consistency", "demo")
 
 
 class PipelineOrder(typer.core.TyperGroup):

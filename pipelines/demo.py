@@ -49,7 +49,8 @@ def run_demo(ws: Workspace, console: Console, quick: bool = False, synthetic: bo
         console.print(f"  rejected rows: {report.judgments.rejects_by_reason or 'none'}")
     ctx = SignalContext(lake=ws.lake, as_of=as_of, seed=seed, quick=quick, work_dir=ws.cache_dir)
     built = step("signals build", lambda: build_signals(ws, ctx))
-    console.print("  " + ", ".join(f"{name}: {r['rows']:,} rows in {r['seconds']:.0f} s" for name, r in built.items()))
+    for name, r in built.items():
+        console.print(f"  {name}: {r['rows']:,} rows in {r['seconds']:.0f} s")
     step("apply", lambda: apply(ws))
     step("materialize", lambda: materialize(ws, incremental=False))
     entities = sample_entities(ws, n=10_000, seed=seed)

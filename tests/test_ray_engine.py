@@ -136,6 +136,9 @@ def test_materialize_through_ray_engine(repo, tmp_path):
                                                                      "engagement_stats")}
     frames["item_profile"] = random_view(views["item_profile"], pd.DataFrame({"item_id": ["i1", "i2"] * 3}), rng)
     frames["query_profile"] = random_view(views["query_profile"], pd.DataFrame({"query_id": ["q1", "q2"]}), rng)
+    frames["user_stats"] = random_view(views["user_stats"], pd.DataFrame({"user_id": ["u1", "u2"] * 3}), rng)
+    frames["user_brand"] = random_view(views["user_brand"], pd.DataFrame({"user_id": ["u1", "u2", "u1"],
+                                                                          "brand": ["b1", "b1", "b2"]}), rng)
     end = (T0 + pd.Timedelta(days=31)).to_pydatetime()
     reads = {}
     for offline in ("duckdb", "ray"):

@@ -33,7 +33,8 @@ from pipelines.simulation.users import UserConfig, item_attributes, simulate_use
 SHORT, LONG = 7, 30  # window lengths in days
 CTR_PRIOR = (0.8, 9.2)  # Beta prior on a user's CTR: mean 8% (simulated impression CTR), worth 10 views
 CVR_PRIOR = (0.5, 4.5)  # Beta prior on orders per click: mean 10%, worth 5 clicks
-QUICK_USERS = UserConfig(users=2_000, days=LONG + 7, sessions_per_day=300.0)
+_LAST_LOG: dict[str, pd.DataFrame] = {}  # impression_log's last log built without a work_dir
+QUICK_USERS = UserConfig(users=1_000, days=LONG + 7, sessions_per_day=150.0)
 
 # A simulated user, keyed by the click simulator's id ("u000123").
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING,
@@ -78,12 +79,15 @@ def impression_log(ctx: SignalContext) -> pd.DataFrame:
     items = ctx.lake.read("items")
     key = hashlib.sha256(json.dumps({
         "users": config.to_dict(), "seed": ctx.seed, "as_of": str(ctx.as_of),
+        "judgments": _file_state(ctx.lake.path("judgments")),
         "queries": hashlib.sha256("\n".join(queries["query_id"]).encode()).hexdigest(),
         "items": hashlib.sha256("\n".join(items["item_id"].astype(str)).encode()).hexdigest()},
         sort_keys=True).encode()).hexdigest()[:16]
     cache = ctx.work_dir / "simulation" / f"impressions-{key}.parquet" if ctx.work_dir is not None else None
     if cache is not None and cache.exists():
         return pd.read_parquet(cache)
+    if cache is None and key in _LAST_LOG:  # no scratch dir: the user views of one build share one run
+        return _LAST_LOG[key].copy()
     attributes = item_attributes(items, config, ctx.seed)
     ranker = BM25Ranker.for_catalog(items, cache_dir=ctx.work_dir / "simulation" if ctx.work_dir else None)
     log = simulate_users(queries, ranker, attributes, training_judgments(ctx, queries), pd.Timestamp(ctx.as_of),
@@ -92,7 +96,16 @@ def impression_log(ctx: SignalContext) -> pd.DataFrame:
     log["brand"] = pd.Categorical(log["item_id"].cat.categories.map(brand).to_numpy()[log["item_id"].cat.codes])
     if cache is not None:
         write_parquet(pa.Table.from_pandas(log, preserve_index=False), cache)
+    else:
+        _LAST_LOG.clear()
+        _LAST_LOG[key] = log.copy()
     return log
+
+
+def _file_state(path) -> list:
+    """(path, size, mtime): a lake table rewritten between two builds gives another key."""
+    stat = path.stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]
 
 
 def window_changes(events: pd.DataFrame, keys: Sequence[str], counts: dict[str, tuple[str, int]],
