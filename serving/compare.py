@@ -230,9 +230,7 @@ class Inspector:
         """item -> its `ranker_online` features for this query (one batched read); failed: the store did not answer."""
         client = self._online_client()
         try:
-            # anonymous: the service's user keys (brand, user_id) are "", so its user features read null
-            rows = [tuple({"query_id": qid, "item_id": item}.get(k, "") for k in client.keys) for item in items]
-            columns = client.get_online_columns(rows)
+            columns = client.get_online_columns(client.entity_rows(query_id=qid, item_id=items))  # anonymous
         except Exception:  # noqa: BLE001 - the page shows rows without annotations, flagged degraded
             return {}, True
         names = [n for n in columns if n not in client.entity_columns]

@@ -94,24 +94,23 @@ def impression_rows(ws: Workspace, config: EngagementConfig, console: Console | 
 
     store = feature_store(ws)
     seconds = {}
+    keys = rows[["user_id", "query_id", "item_id", "brand"]].astype(str)  # the log's categoricals, once
     with console.status(f"point-in-time user features for {len(rows):,} impressions"):
         t = time.perf_counter()
-        entities = pd.DataFrame({"user_id": rows["user_id"].astype(str), "brand": rows["brand"].astype(str),
-                                 "event_timestamp": rows["event_timestamp"]})
+        entities = keys[["user_id", "brand"]].assign(event_timestamp=rows["event_timestamp"])
         users = historical_features(store, store.get_feature_service(USER_SERVICE), entities)
         seconds["pit_user"] = time.perf_counter() - t
     with console.status("pair, query and item features"):
         t = time.perf_counter()
-        pairs = rows[["query_id", "item_id"]].astype(str).drop_duplicates()
+        pairs = keys[["query_id", "item_id"]].drop_duplicates()
         stored = historical_features(store, store.get_feature_service(PAIR_SERVICE),
                                      pairs.assign(event_timestamp=ctx.as_of))
         seconds["pit_pairs"] = time.perf_counter() - t
     user_features = [c for c in users.columns if c not in entities.columns]
     pair_features = [c for c in stored.columns if c not in ("query_id", "item_id", "event_timestamp")]
-    joined = rows[["query_id", "item_id"]].astype(str).merge(
-        stored.drop(columns="event_timestamp"), on=["query_id", "item_id"], how="left")
-    out = pd.concat([rows[["user_id", "query_id", "item_id", "brand", "event_timestamp", "day", "role", "position"]]
-                     .astype({"user_id": str, "query_id": str, "item_id": str, "brand": str}),
+    joined = keys[["query_id", "item_id"]].merge(stored.drop(columns="event_timestamp"), on=["query_id", "item_id"],
+                                                  how="left")
+    out = pd.concat([keys, rows[["event_timestamp", "day", "role", "position"]],
                      joined[pair_features], users[user_features],
                      rows[list(LABELS)].astype(np.int8)], axis=1)
     return ImpressionRows(out, pair_features, user_features, {k: round(v, 2) for k, v in seconds.items()},

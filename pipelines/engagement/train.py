@@ -67,12 +67,12 @@ def train_target(data: ImpressionRows, target: str, features: list[str], config:
     seconds = time.perf_counter() - t
     model = EngagementModel(target, booster, features, config.negative_rate, IsotonicCalibrator([], []))
     calib = rows[rows["role"] == "calibration"]
-    model.calibrator = IsotonicCalibrator([], []).fit(model.corrected(calib), calib[target].to_numpy())
+    model.calibrator.fit(model.corrected(calib), calib[target].to_numpy())
     heldout = rows[rows["role"] == "heldout"]
     y = heldout[target].to_numpy()
     raw = model.raw(heldout)
-    predicted = {"raw": raw, "corrected": correct_downsampling(raw, config.negative_rate),
-                 "calibrated": model.calibrator.predict(correct_downsampling(raw, config.negative_rate))}
+    corrected = correct_downsampling(raw, config.negative_rate)
+    predicted = {"raw": raw, "corrected": corrected, "calibrated": model.calibrator.predict(corrected)}
     per_day = pd.DataFrame({"day": heldout["day"].to_numpy(), "observed": y, "predicted": predicted["calibrated"]}
                            ).groupby("day").agg(observed=("observed", "mean"), predicted=("predicted", "mean"),
                                                 rows=("observed", "size"))
@@ -109,8 +109,7 @@ def train_engagement(ws: Workspace, config: EngagementConfig, name: str = "engag
             model, result = train_target(data, target, feature_sets[feature_set], config, console)
             plots[f"{target} {feature_set}"] = result.pop("curves")
             per_set[feature_set] = result
-            if feature_set == FEATURE_SETS[0] or not config.user_features:
-                models[target] = model
+            models.setdefault(target, model)  # the first set trained: with users unless the ablation alone
         if len(per_set) == 2:
             with_auc = per_set["with_users"]["heldout"]["calibrated"]["roc_auc"]
             without_auc = per_set["without_users"]["heldout"]["calibrated"]["roc_auc"]
@@ -123,9 +122,8 @@ def train_engagement(ws: Workspace, config: EngagementConfig, name: str = "engag
                              for s in (USER_SERVICE, PAIR_SERVICE)},
         "created": datetime.now(UTC).isoformat(timespec="seconds"), "name": name}
     report["seconds"] = round(time.perf_counter() - started, 1)
-    files = EngagementFiles.of(ws, name)
-    files.save(models, report)
-    out = ws.root / "reports" / f"engagement-{name}"
+    EngagementFiles.of(ws, name).save(models, report)
+    out = report_dir(ws, name)
     for target in TARGETS:  # raw, corrected and calibrated with users; calibrated without
         curves = {f"{fs} {form}": plots[f"{target} {fs}"][form] for fs in FEATURE_SETS
                   if f"{target} {fs}" in plots for form in FORMS if fs == "with_users" or form == "calibrated"}
@@ -134,9 +132,14 @@ def train_engagement(ws: Workspace, config: EngagementConfig, name: str = "engag
     return report
 
 
+def report_dir(ws: Workspace, name: str) -> Path:
+    """Where a model set's report and reliability diagrams go."""
+    return ws.root / "reports" / f"engagement-{name}"
+
+
 def write_report(ws: Workspace, name: str, report: dict) -> Path:
     """report.json and report.md beside the reliability diagrams; returns the directory."""
-    out = ws.root / "reports" / f"engagement-{name}"
+    out = report_dir(ws, name)
     write_json(out / "report.json", report, indent=2)
     lines = [f"# Engagement models `{name}` (as of {report['as_of']})", "",
              f"Impression log: {report['log_rows']['log']:,} rows; training days {report['log_rows']['train']:,} "

@@ -73,6 +73,15 @@ class OnlineFeatures:
             return self.reader.entity_columns
         return answered_keys(self.store, self.keys)
 
+    def entity_rows(self, **columns) -> list[tuple]:
+        """Entity rows in `keys` order from one value per key: a sequence (one per row) or one string
+        for every row. A key not given is "" in every row, an entity no store holds, so its features
+        read null (an anonymous request leaves out user_id and brand); a key the service does not
+        read is dropped."""
+        n = next(len(v) for v in columns.values() if not isinstance(v, str))
+        per_key = (columns.get(k, "") for k in self.keys)
+        return list(zip(*([v] * n if isinstance(v, str) else v for v in per_key)))
+
     @property
     def feature_names(self) -> list[str]:
         return [f.name for p in self.service.feature_view_projections for f in p.features]

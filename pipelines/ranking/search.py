@@ -130,9 +130,10 @@ class SearchStack:
         rows = assemble(rows, request, stored)
         rows = pd.concat([rows, predict(self.model, self.spec, rows)], axis=1)
         rows["lambdamart"] = self.booster.predict(self.spec.raw(rows)) if lambdamart else np.nan
-        for target, column in ENGAGEMENT_OUTPUTS.items():  # calibrated, as if shown in the top slot
+        top_slot = rows.assign(position=1) if self.engagement else None  # calibrated, as if shown first
+        for target, column in ENGAGEMENT_OUTPUTS.items():
             model = self.engagement.get(target)
-            rows[column] = model.predict(rows.assign(position=1)) if model is not None else np.nan
+            rows[column] = model.predict(top_slot) if model is not None else np.nan
         seconds["rank"] = time.perf_counter() - t3
         return Ranked(rows, seconds, degraded)
 
@@ -161,9 +162,8 @@ class SearchStack:
         """The store features of every row, the ranker's and the engagement models' (one online read
         per chunk; a request is one chunk), and whether the store failed (then, with `degrade`,
         every store feature is null)."""
-        keys = {"query_id": rows["query_id"], "item_id": rows["item_id"],
-                "brand": rows["item_id"].map(self.brands).fillna(""), "user_id": [user_id or ""] * len(rows)}
-        entity_rows = list(zip(*(keys[k] for k in self.online.keys)))
+        entity_rows = self.online.entity_rows(query_id=rows["query_id"], item_id=rows["item_id"],
+                                              brand=rows["item_id"].map(self.brands).fillna(""), user_id=user_id or "")
         columns = list(dict.fromkeys([*self.spec.store, *self.online.feature_names]))
         try:
             parts = [self.online.get_online_features(entity_rows[i:i + LOOKUP_CHUNK])
