@@ -184,19 +184,25 @@ class ServerProcess(ServiceProcess):
         return cpu, rss
 
 
-async def load(targets: list[tuple[str, bytes]], concurrency: int, seconds: float, warmup: float) -> list[tuple]:
-    """Keep `concurrency` requests in flight for warmup + seconds, cycling through (url, body) `targets`;
-    (latency s, status, Server-Timing, encode batch, url) of each request sent after the warm-up."""
+async def load(targets: list[tuple[str, bytes]], concurrency: int, seconds: float,
+               warmup: float) -> tuple[list[tuple], float]:
+    """Keep `concurrency` requests in flight for warmup + seconds, cycling through (url, body) `targets`.
+    Returns (latency s, status, Server-Timing, encode batch, url) of each request sent after the warm-up, and
+    the seconds from the warm-up's end to the last of them. A worker whose every request so far started in
+    the warm-up sends one more after the window: on a slow machine a level at high concurrency still measures
+    each worker once (throughput then divides by the longer span) instead of reporting nothing."""
     import aiohttp
 
     records: list[tuple] = []
     start = time.perf_counter() + warmup
     end = start + seconds
+    last = start
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, headers={"content-type": "application/json"}) as session:
         async def worker(w: int) -> None:
-            i = w
-            while time.perf_counter() < end:
+            nonlocal last
+            i, measured = w, False
+            while time.perf_counter() < end or not measured:
                 (url, body), i = targets[i % len(targets)], i + concurrency
                 t0 = time.perf_counter()
                 try:
@@ -207,10 +213,12 @@ async def load(targets: list[tuple[str, bytes]], concurrency: int, seconds: floa
                 except aiohttp.ClientError as exc:
                     status, timing, batch = f"{type(exc).__name__}", "", 0
                 if t0 >= start:
-                    records.append((time.perf_counter() - t0, status, timing, batch, url))
+                    done = time.perf_counter()
+                    records.append((done - t0, status, timing, batch, url))
+                    measured, last = True, max(last, done)
 
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return records
+    return records, max(seconds, last - start)
 
 
 def stage_ms(timings: list[str]) -> dict[str, float]:
@@ -228,7 +236,8 @@ def run_level(server: ServerProcess, endpoint: str, bodies: list[bytes], concurr
               warmup: float) -> dict:
     stage_names = ENDPOINTS[endpoint]["stages"]
     (cpu0, _), client0, load0 = server.usage(), _cpu(), os.getloadavg()[0]
-    records = asyncio.run(load([(f"{server.url}/{endpoint}", b) for b in bodies], concurrency, seconds, warmup))
+    records, seconds = asyncio.run(load([(f"{server.url}/{endpoint}", b) for b in bodies], concurrency, seconds,
+                                        warmup))
     (cpu1, _), client1 = server.usage(), _cpu()
     ok = [r for r in records if r[1] == 200]
     stages = stage_ms([r[2] for r in ok])
@@ -291,7 +300,7 @@ def soak(server: ServerProcess, ws, targets: list[tuple[str, bytes]], minutes: f
         side = threading.Thread(target=_materialize_and_reload, args=(server, ws, indexes[w % len(indexes)], event))
         if w > 0:
             side.start()
-        records = asyncio.run(load(targets, 8, 60 * every, 0))
+        records, _ = asyncio.run(load(targets, 8, 60 * every, 0))
         if w > 0:
             side.join()
             events.append(event)

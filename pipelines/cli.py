@@ -26,6 +26,7 @@ from pipelines.engagement.config import EngagementConfig
 from pipelines.evaluation.ab import ABConfig
 from pipelines.evaluation.offline import EvalConfig
 from pipelines.index.build import IndexConfig
+from pipelines.preranking.config import PrerankDataConfig, PrerankTrainConfig
 from pipelines.ranking.config import RankerDataConfig, RankerTrainConfig
 from pipelines.settings import Settings
 from pipelines.training.config import DataConfig, TargetConfig, TrainConfig
@@ -40,7 +41,8 @@ MODEL_NAMES = ("bm25 | char | rrf | rrf:VERSION | an encoder version | "  # pipe
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
 
-PIPELINE_ORDER = ("ingest", "signals", "apply", "materialize", "dataset", "train", "index", "rank", "engagement",
+PIPELINE_ORDER = ("ingest", "signals", "apply", "materialize", "dataset", "train", "index", "rank", "prerank",
+                  "engagement",
                   "serve", "ui", "eval", "ab", "consistency", "demo")
 
 
@@ -62,6 +64,9 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(signals_app, name="signals")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(rank_app, name="rank")
+prerank_app = typer.Typer(no_args_is_help=True, help="Pre-ranking: a light model on all candidates, a strong one on "
+                                                      "the hard ones.")
+app.add_typer(prerank_app, name="prerank")
 engagement_app = typer.Typer(no_args_is_help=True, help="Calibrated pCTR / pCVR over users, queries and items.")
 app.add_typer(engagement_app, name="engagement")
 console = Console(stderr=True)
@@ -503,11 +508,12 @@ def demo_cmd(
 def known_models() -> Iterator[None]:
     """An unknown --model is a bad setting (one red line listing the available ones), not a crash."""
     from pipelines.modeling.registry import UnknownModel
+    from pipelines.preranking.store import UnknownPreranker
     from pipelines.ranking.store import UnknownRanker
 
     try:
         yield
-    except (UnknownModel, UnknownRanker) as exc:
+    except (UnknownModel, UnknownRanker, UnknownPreranker) as exc:
         raise ConfigError(str(exc)) from None
 
 
@@ -580,6 +586,60 @@ def rank_train_cmd(
         console.print(f"{event} (held-out days): AUC {r['auc']:.4f} (position only {r['auc_position_only']:.4f}), "
                       f"ECE {r['ece']:.4f} (position only {r['ece_position_only']:.4f})")
     console.print(f"LambdaMART: {meta['lambdamart']}; {meta['seconds']['total']:.0f} s")
+
+
+@prerank_app.command("train")
+def prerank_train_cmd(
+    ctx: typer.Context,
+    name: str = typer.Option("preranker", help="Name of the pre-ranker (workspace/models/prerankers/NAME)"),
+    ranker: str = option(PrerankDataConfig, "ranker"),
+    n_retrieve: int = option(PrerankDataConfig, "n_retrieve"),
+    n_keep: int = option(PrerankDataConfig, "n_keep"),
+    queries: int = option(PrerankDataConfig, "queries"),
+    quick: bool = option(PrerankDataConfig, "quick"),
+    epochs: int = option(PrerankTrainConfig, "epochs"),
+    seed: int = option(PrerankTrainConfig, "seed"),
+) -> None:
+    """Train the light and strong pre-rankers, uniformly and HAP's way, on the training queries."""
+    from pipelines.preranking.train import train_preranker
+
+    ws = writing(ctx)
+    with friendly_errors(ws.online), known_models():
+        meta = train_preranker(ws, name, PrerankDataConfig(ranker=ranker, n_retrieve=n_retrieve, n_keep=n_keep,
+                                                           queries=queries, quick=quick, seed=seed),
+                               PrerankTrainConfig(epochs=epochs, seed=seed), console)
+    table = Table("model", *(f"epoch {h['epoch']}" for h in next(iter(meta["history"].values()))),
+                  title="calib per-query AUC (positives vs the model's negative groups)")
+    for key, history in meta["history"].items():
+        table.add_row(key, *(f"{h['calib_auc']:.4f}" for h in history))
+    console.print(table)
+    console.print(f"rows per group (fit): {meta['rows']['fit']}; conflict figure -> {meta['root']}/conflict.png")
+
+
+@prerank_app.command("eval")
+def prerank_eval_cmd(
+    ctx: typer.Context,
+    name: str = typer.Option("preranker", help="Trained pre-ranker (workspace/models/prerankers/NAME)"),
+    split: str = typer.Option("dev", help="Lake split scored (dev: held out)"),
+    budget: list[float] | None = typer.Option(None, help="Routing budgets (repeatable; default 0.1 0.2 0.3)"),
+    out: Path | None = typer.Option(None, help="Output dir [WORKSPACE/reports/prerank-NAME-SPLIT]"),
+) -> None:
+    """Each pre-ranking variant's kept candidates, ordered by the ranker, scored on the split."""
+    from pipelines.evaluation.prerank import BUDGETS, evaluate_preranker
+
+    ws = writing(ctx)
+    with friendly_errors(ws.online), known_models():
+        report = evaluate_preranker(ws, name, split, tuple(budget or BUDGETS), out, console)
+    table = Table("variant", "top-10 kept", "routed", "NDCG@10", "condensed", "NDCG@25", "recall@100",
+                  "irrelevant@10", title=f"{split}: retrieve {report['n_retrieve']} -> keep {report['n_keep']} "
+                                          f"-> ranker {report['ranker']!r} ({report['queries']:,} queries)")
+    for v in report["variants"]:
+        m = v["mean"]
+        table.add_row(v["variant"], f"{v['top10_kept']:.4f}", f"{v['routed_share']:.3f}", f"{m['ndcg@10']:.4f}",
+                      f"{m['ndcg@10_condensed']:.4f}", f"{m['ndcg@25']:.4f}", f"{m['recall@100']:.4f}",
+                      f"{m['irrelevant@10']:.4f}")
+    console.print(table)
+    console.print(f"report -> {report['out']}/prerank.md, prerank.json")
 
 
 @engagement_app.command("train")

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     index: Path | None = Field(None, description="Index dir to serve (default: the newest in WORKSPACE/indexes)")
     model_dir: Path | None = Field(None, description="Model dir to serve (default: the index's model version)")
     ranker: str = Field("ranker", description="Ranker /search serves (WORKSPACE/models/rankers/NAME[@VARIANT])")
+    preranker: str | None = Field(None, description="Pre-ranker /search runs between retrieval and the ranker "
+                                                    "(WORKSPACE/models/prerankers/NAME; default none: the ranker "
+                                                    "scores the fusion's top n)")
+    prerank_budget: float = Field(0.2, ge=0.0, le=1.0, description="Share of the pre-ranker's retrieved "
+                                                                    "candidates its strong model re-scores")
     workers: PositiveInt = Field(2, description="Service processes, each with its own encoder and index "
                                                 "(a request is mostly Python, so one process uses about one core)")
     torch_threads: PositiveInt | None = Field(None, description="Encoder threads per service process "

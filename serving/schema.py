@@ -143,6 +143,7 @@ class SearchVersions(BaseModel):
     candidates: str = Field(description="Candidate model (rrf:VERSION)")
     feature_service: str
     feature_definitions: str = Field(description="sha256 prefix of the service's and its views' definitions")
+    preranker: str | None = Field(None, description="Pre-ranker NAME@BUDGET between retrieval and the ranker, if any")
 
 
 class SearchResponse(bentoml.IODescriptor):

@@ -1,6 +1,7 @@
 """What /search does, on loaded state: pipelines.ranking.search.SearchStack for one request.
 
-normalize -> candidates (rrf:VERSION top n) -> request-time pair features -> ONE batched online
+normalize -> candidates (rrf:VERSION top n; with a pre-ranker, the n it keeps of N_r, pipelines.preranking)
+-> request-time pair features -> ONE batched online
 lookup of `ranker_online` for the n pairs and the user -> ranker -> value model -> top k, each with
 the calibrated pCTR / pCVR for that user. When the online store
 fails the stack ranks on request-time features alone and the answer says `degraded: true`; the
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 
 from pipelines.features.dataset import definitions_hash
 from pipelines.features.watermark import StoreCheck
+from pipelines.preranking.stage import Prerank
 from pipelines.ranking.search import SearchStack
 from pipelines.ranking.store import CUMULATIVE
 from pipelines.settings import Settings
@@ -33,13 +35,15 @@ class LoadedSearch:
     def __init__(self, settings: Settings):
         ws = settings.as_workspace()
         self.stack = SearchStack.load(ws, settings.ranker)
+        if settings.preranker:
+            self.stack.prerank = Prerank(ws, settings.preranker, settings.prerank_budget, self.stack)
         fail_fast(self.stack.online, settings.online_timeout)
         self.titles = ws.lake.read("items").set_index("item_id")["title"].astype(str)
         self.health = OnlineHealth()
         versions = self.stack.versions()
         self.versions = SearchVersions(
             ranker=versions["ranker"], ranker_created=versions["created"], candidates=versions["candidates"],
-            feature_service=versions["feature_service"],
+            feature_service=versions["feature_service"], preranker=versions["preranker"],
             feature_definitions=definitions_hash(self.stack.online.store, self.stack.online.service)[:12])
         self.search("warm up", k=1, n=10, explain=False, timings=Timings(),  # one-off allocations
                     store=StoreCheck(datetime.now(UTC)))

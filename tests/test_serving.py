@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -29,12 +30,15 @@ from pipelines.features.dataset import build_dataset
 from pipelines.features.materialize import materialize
 from pipelines.features.online import OnlineFeatures
 from pipelines.features.produce import build_signals
+from pipelines.features.watermark import StoreCheck
 from pipelines.index.store import find_index, load_encoder, load_index
 from pipelines.settings import Settings
 from pipelines.signals.spec import SignalContext
 from pipelines.text import normalize_query, query_id
 from pipelines.workspace import ConfigError, Workspace
 from serving.process import ServiceProcess
+from serving.retriever import Timings
+from serving.search import LoadedSearch
 
 from conftest import AS_OF, RedisServer, copy_repo, free_port, prepare
 
@@ -554,6 +558,54 @@ def test_eval_scores_the_search_stack_and_its_ablations(ws, tmp_path):
         assert 0 < mean["ndcg@10"] <= mean["ndcg@10_condensed"] <= 1, (name, mean)
     bad = CliRunner().invoke(app, [*cli_args(ws), "eval", "--split", "dev", "--model", "search:nope"])
     assert bad.exit_code == 2 and "no ranker 'nope'" in bad.output
+
+
+def test_prerank_trains_both_ways_and_each_variant_hands_the_ranker_its_share(ws, tmp_path):
+    """`prerank train` (quick) on the ranker's workspace, then `prerank eval` on dev: every variant of
+    the issue's table, routing within its budget, a conflict figure; an unknown name is exit 2; then
+    bench_prerank --quick times the variants on the same workspace."""
+    args = ["--n-retrieve", "300", "--n-keep", "100"]
+    result = CliRunner().invoke(app, [*cli_args(ws), "prerank", "train", "--quick", "--epochs", "2", *args])
+    assert result.exit_code == 0, result.output
+    root = ws.models_dir / "prerankers" / "preranker"
+    meta = json.loads((root / "preranker.json").read_text())
+    assert sorted(meta["history"]) == ["light-hap", "light-uniform", "strong-hap", "strong-uniform"]
+    assert all(meta["rows"]["fit"][g] > 0 for g in ("positive", "exposed", "ranking", "retrieval", "random"))
+    assert (root / "conflict.png").stat().st_size > 10_000
+    out = tmp_path / "prerank"
+    result = CliRunner().invoke(app, [*cli_args(ws), "prerank", "eval", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "prerank.json").read_text())
+    by_name = {v["variant"]: v for v in report["variants"]}
+    assert {"no pre-ranking (fusion order)", "light everywhere", "strong everywhere", "uniform, budget 0.2",
+            "HAP, budget 0.1", "HAP, budget 0.2", "HAP, budget 0.3"} <= set(by_name)
+    for v in report["variants"]:
+        assert 0 < v["mean"]["ndcg@10"] <= v["mean"]["ndcg@10_condensed"] <= 1, v
+        assert 0 <= v["top10_kept"] <= 1
+        if v["budget"] is not None:
+            assert v["routed_share"] <= v["budget"] + 1e-9, v
+    assert by_name["light everywhere"]["routed_share"] == 0
+    assert by_name["strong everywhere"]["routed_share"] > 0.5  # every request larger than N, all of it
+    bad = CliRunner().invoke(app, [*cli_args(ws), "prerank", "eval", "--name", "nope"])
+    assert bad.exit_code == 2 and "no pre-ranker 'nope'" in bad.output
+    bench = subprocess.run([sys.executable, "benchmarks/bench_prerank.py", "--quick", "--workspace", str(ws.root),
+                            "--online", ws.online, "--repo", str(ws.repo_dir), "--out", str(tmp_path / "bench.json")],
+                           capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    timed = {r["variant"]: r for r in json.loads((tmp_path / "bench.json").read_text())["variants"]}
+    assert timed["strong everywhere"]["strong_scored_per_query"] == 300
+    assert 0 < timed["HAP, budget 0.1"]["strong_scored_per_query"] <= 30
+
+    settings = Settings(workspace=ws.root, online=ws.online, repo=ws.repo_dir, preranker="preranker",
+                        prerank_budget=0.2)
+    searcher = LoadedSearch(settings)
+    query = lake_query(ws, "dev")
+    answer = searcher.search(query, k=10, n=100, explain=False, timings=Timings(), store=StoreCheck(datetime.now(UTC)))
+    assert answer.versions.preranker == "preranker@0.2" and answer.candidates == 100 and len(answer.items) == 10
+    norm = normalize_query(query)
+    kept = searcher.stack.prerank.candidates([norm], [query_id(norm)], 100, progress=False)
+    assert {i.item_id for i in answer.items} <= set(kept["item_id"])
 
 
 def test_settings_file_then_environment_then_flags(tmp_path, monkeypatch):

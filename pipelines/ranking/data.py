@@ -125,14 +125,20 @@ def build_table(ws: Workspace, config: RankerDataConfig, console: Console) -> tu
     rows["grade"] = np.nan
     known = rows["relevance"].notna()
     rows.loc[known, "grade"] = to_grade(rows.loc[known, "relevance"])
-    popular = popularity_judgments(ctx)
-    own = popular.groupby(["query_id", "item_id"]).size().rename(OWN_JUDGMENTS).reset_index()
-    rows = rows.merge(own, on=["query_id", "item_id"], how="left").fillna({OWN_JUDGMENTS: 0})
-    rows[ALL_JUDGMENTS] = len(popular)
+    rows = popularity_counts(rows, ctx)
     console.print(f"ranker data: {len(rows):,} rows, {int(known.sum()):,} human-graded, "
                   f"{int((~known & rows[TEACHER[0]].notna()).sum()):,} teacher-labelled, "
                   f"{int(rows[[f'position_{log}' for log in LOGS]].notna().any(axis=1).sum()):,} shown pairs")
     return rows, store_views(store, service)
+
+
+def popularity_counts(rows: pd.DataFrame, ctx: SignalContext) -> pd.DataFrame:
+    """rows with the judged pairs item popularity counts: the row's own query's and all of them (the
+    trainers take the own ones out: train.out_of_query_popularity)."""
+    popular = popularity_judgments(ctx)
+    own = popular.groupby(["query_id", "item_id"]).size().rename(OWN_JUDGMENTS).reset_index()
+    rows = rows.merge(own, on=["query_id", "item_id"], how="left").fillna({OWN_JUDGMENTS: 0})
+    return rows.assign(**{ALL_JUDGMENTS: len(popular)})
 
 
 def engagement_labels(ws: Workspace, queries: pd.DataFrame, candidates: pd.DataFrame, config: RankerDataConfig,

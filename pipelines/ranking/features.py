@@ -84,8 +84,11 @@ class FeatureSpec:
         return self.columns + [f"known_{view}" for view in self.views]
 
     @classmethod
-    def fit(cls, rows: pd.DataFrame, views: dict[str, tuple[list[str], bool]]) -> FeatureSpec:
-        spec = cls(request=list(REQUEST), views=views, mean={}, std={})
+    def fit(cls, rows: pd.DataFrame, views: dict[str, tuple[list[str], bool]],
+            request: list[str] = REQUEST) -> FeatureSpec:
+        """Means and stds of the training rows; `request`: the columns computed per request (the
+        ranker's pair features; the light pre-ranker's retrieval columns with no views)."""
+        spec = cls(request=list(request), views=views, mean={}, std={})
         squashed = _squash(rows[spec.columns])
         spec.mean = {c: float(np.nan_to_num(np.nanmean(squashed[c]))) if squashed[c].notna().any() else 0.0
                      for c in spec.columns}

@@ -70,6 +70,7 @@ class SearchStack:
         self.brands = pd.Series(brand_of(items["title"]).to_numpy(), index=items["item_id"].astype(str))
         self.engagement = engagement_models(ws)
         self._online = online
+        self.prerank = None  # pipelines.preranking.stage.Prerank, when serving runs one
 
     @classmethod
     def load(cls, ws: Workspace, ref: str, runner: ModelRunner | None = None, online=None) -> SearchStack:
@@ -140,7 +141,10 @@ class SearchStack:
     def candidates(self, texts: Sequence[str], query_ids: Sequence[str], n: int | None = None,
                    progress: bool = True) -> pd.DataFrame:
         """The candidate model's top n (default: the ranker's n) per (normalized) query, with the
-        fusion's columns (pipelines.retrieval.runner.ModelRunner.candidates)."""
+        fusion's columns (pipelines.retrieval.runner.ModelRunner.candidates); with a pre-ranking stage
+        (`prerank`, composed on by serving: pipelines.preranking.stage), the n it keeps of its N_r."""
+        if self.prerank is not None:
+            return self.prerank.candidates(texts, query_ids, n or self.n, progress=progress)
         return self.runner.candidates(texts, query_ids, self.candidate_model, n or self.n, progress=progress)
 
     def order(self, rows: pd.DataFrame, variant: str) -> pd.DataFrame:
@@ -181,9 +185,10 @@ class SearchStack:
         started = time.perf_counter()
         return to_run(self.rank(texts, query_ids, known=known).rows, depth), round(time.perf_counter() - started, 2)
 
-    def versions(self) -> dict[str, str]:
+    def versions(self) -> dict[str, str | None]:
         return {"ranker": f"{self.name}@{self.variant}", "created": self.meta["created"],
-                "candidates": self.candidate_model, "feature_service": SERVICE}
+                "candidates": self.candidate_model, "feature_service": SERVICE,
+                "preranker": None if self.prerank is None else f"{self.prerank.name}@{self.prerank.budget:g}"}
 
 
 def engagement_models(ws: Workspace, name: str = "engagement") -> dict:

@@ -1,0 +1,191 @@
+"""The pre-ranker's candidates, its two feature sets and its training table.
+
+Candidates (`retrieve`, the one function training, eval and /search call): each channel of the
+candidate model (rrf:VERSION: BM25, the bi-encoder, character n-grams) searched to depth N_r, their
+union ordered by the ranker's own fusion (each channel's top 100, pipelines.retrieval.fusion), then by
+the same fusion over the deep lists, top N_r per query. The first N of that order are exactly the
+candidates the ranker sees without a pre-ranker, so "no pre-ranking" is the baseline of every table.
+
+Light features (`LIGHT`): what retrieval already computed, per channel the deep rank, the channel's
+score and its gap to the query's best, plus the deep fusion score and agreement: no lookup, no
+pair scoring, a few microseconds per candidate. An item absent from a channel's deep list reads
+rank N_r + 1 and the query's lowest score in that channel (an upper bound of its own).
+Strong features: the ranker's (pipelines.ranking.features: request-time pair features + the
+`ranking` FeatureService, point-in-time here, `ranker_online` at serving), so the strong model is
+where request-time relevance comes from for a new query.
+
+Training table: per training query (a seeded sample; teacher fit/calib roles as the ranker), the
+retrieved candidates and random catalog items, each in one group:
+- positive: judged relevant (grade >= 2) or clicked in the simulated traffic of the ranker's
+  engagement labels (pipelines.ranking.data.engagement_labels: BM25's pages and the exploration slice);
+- exposed: shown by the simulator and not clicked, or judged irrelevant (Home Depot's judgments are
+  what its engine showed): the hardest negatives;
+- ranking: among the ranker's N candidates, ranked below `ranking_cut` by the trained ranker;
+- retrieval: retrieved below N (a seeded sample of `retrieval_sample` per query);
+- random: catalog items not retrieved (`random_sample` per query).
+Candidates in none of these (the ranker's top `ranking_cut`, never shown or judged) stay out: their
+label is unknown.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from pipelines.features.pit import historical_features
+from pipelines.features.repo import feature_store
+from pipelines.metrics import DEPTH
+from pipelines.preranking.config import GROUPS, PrerankDataConfig
+from pipelines.ranking.config import RankerDataConfig
+from pipelines.ranking.data import SERVICE, engagement_labels, popularity_counts
+from pipelines.ranking.features import assemble, pair_features, store_views
+from pipelines.ranking.search import SearchStack
+from pipelines.retrieval import search_all
+from pipelines.retrieval.fusion import RRF_K, prior_table
+from pipelines.retrieval.pair_features import PairScorer
+from pipelines.retrieval.runner import ModelRunner
+from pipelines.signals.spec import SignalContext
+from pipelines.signals.training import training_judgments, training_queries
+from pipelines.teacher.calibrate import teacher_role
+from pipelines.workspace import Workspace
+
+CHANNELS = ("bm25", "dense", "char")
+LIGHT = ([f"deep_rank_{c}" for c in CHANNELS] + [f"deep_score_{c}" for c in CHANNELS]
+         + [f"deep_gap_{c}" for c in CHANNELS] + ["deep_fusion_score", "deep_agreement"])
+POSITIVE = "positive"
+LABELS = (POSITIVE, *GROUPS)  # a row's `group`; code = position in LABELS
+
+
+def retrieve(runner: ModelRunner, texts, query_ids, model: str, n_retrieve: int,
+             progress: bool = True) -> pd.DataFrame:
+    """Top n_retrieve candidates per query (module docstring) with the ranker's fusion columns
+    (rank_<channel>, fusion_score, agreement), the LIGHT columns and `retrieved_rank` (1-based)."""
+    hits, _ = search_all(runner.fused_channels(model), list(texts), k=n_retrieve, progress=progress)
+    qids = np.asarray(list(query_ids), dtype=object)
+    prior = prior_table({c: (ids[:, :DEPTH], s[:, :DEPTH]) for c, (ids, s) in hits.items()}, qids)
+    deep = None
+    for channel, (ids, scores) in hits.items():
+        n, k = ids.shape
+        part = pd.DataFrame({"query_id": np.repeat(qids, k), "item_id": ids.ravel(),
+                             f"deep_rank_{channel}": np.tile(np.arange(1, k + 1, dtype=np.float32), n),
+                             f"deep_score_{channel}": scores.ravel().astype(np.float32)})
+        part = part[part["item_id"] != ""]
+        deep = part if deep is None else deep.merge(part, on=["query_id", "item_id"], how="outer")
+    rows = fill_absent(deep, n_retrieve).merge(prior, on=["query_id", "item_id"], how="left")
+    rows = rows.fillna({f"rank_{c}": DEPTH + 1 for c in CHANNELS} | {"fusion_score": 0.0, "agreement": 0})
+    rows = rows.astype({f"rank_{c}": np.int64 for c in CHANNELS} | {"agreement": np.int64})
+    rows = rows.sort_values(["query_id", "fusion_score", "deep_fusion_score", "item_id"],
+                            ascending=[True, False, False, True], kind="stable")
+    rows = rows.groupby("query_id", sort=False).head(n_retrieve).reset_index(drop=True)
+    rows["retrieved_rank"] = rows.groupby("query_id", sort=False).cumcount() + 1
+    return rows
+
+
+def fill_absent(rows: pd.DataFrame, n_retrieve: int) -> pd.DataFrame:
+    """LIGHT columns complete: a channel that did not return the item reads rank n_retrieve + 1 and
+    the query's lowest score in that channel; gaps to the query's best; deep fusion and agreement."""
+    rows = rows.copy()
+    by_query = rows.groupby("query_id", sort=False)
+    for c in CHANNELS:
+        score = rows[f"deep_score_{c}"]
+        present = rows[f"deep_rank_{c}"].notna()
+        rows[f"deep_score_{c}"] = score.fillna(by_query[f"deep_score_{c}"].transform("min")).fillna(0.0)
+        rows[f"deep_gap_{c}"] = by_query[f"deep_score_{c}"].transform("max").fillna(0.0) - rows[f"deep_score_{c}"]
+        rows[f"deep_rank_{c}"] = rows[f"deep_rank_{c}"].where(present, n_retrieve + 1)
+    ranks = rows[[f"deep_rank_{c}" for c in CHANNELS]].to_numpy(np.float64)
+    present = ranks <= n_retrieve
+    rows["deep_fusion_score"] = np.where(present, 1.0 / (RRF_K + ranks), 0.0).sum(axis=1).astype(np.float32)
+    rows["deep_agreement"] = present.sum(axis=1).astype(np.float32)
+    return rows
+
+
+def training_table(ws: Workspace, config: PrerankDataConfig,
+                   console: Console | None = None) -> tuple[pd.DataFrame, dict]:
+    """(rows with group, role, LIGHT and the ranker's features; the ranking service's views)."""
+    console = console or Console(stderr=True)
+    as_of = pd.Timestamp.now(tz="UTC")
+    ctx = SignalContext(lake=ws.lake, as_of=as_of, seed=config.seed, quick=config.quick)
+    queries = training_queries(ctx)
+    if len(queries) > config.queries:
+        queries = queries.sample(n=config.queries, random_state=config.seed).sort_values("query_id")
+    queries = queries.assign(role=[teacher_role(t) for t in queries["query_norm"]]).reset_index(drop=True)
+    texts, qids = queries["query_norm"].tolist(), queries["query_id"].tolist()
+    stack = SearchStack.load(ws, config.ranker)
+    console.print(f"pre-ranker data: {len(queries):,} training queries, {stack.candidate_model} top "
+                  f"{config.n_retrieve}, ranker {config.ranker!r}")
+    rows = retrieve(stack.runner, texts, qids, stack.candidate_model, config.n_retrieve)
+
+    with console.status("the ranker's ranks of its candidates"):
+        ranked = stack.rank(texts, qids, n=config.n_keep, progress=False).rows
+    ranked = ranked.assign(ranker_rank=ranked.groupby("query_id", sort=False).cumcount() + 1)
+    rows = rows.merge(ranked[["query_id", "item_id", "ranker_rank"]], on=["query_id", "item_id"], how="left")
+    rng = np.random.default_rng(config.seed)
+    rows = pd.concat([rows, random_items(ws, rows, queries, config, rng)], ignore_index=True)
+
+    top = rows[rows["retrieved_rank"] <= config.n_keep]
+    shown = engagement_labels(ws, queries, top[["query_id", "item_id"]], RankerDataConfig(
+        candidates=stack.candidate_model, n=config.n_keep, quick=config.quick, seed=config.seed), console)
+    clicks = shown.filter(like="clicks_").filter(like="_fit").sum(axis=1)
+    shown = shown[["query_id", "item_id"]].assign(clicked=clicks.to_numpy() > 0, shown=True)
+    judged = training_judgments(ctx, queries).groupby(["query_id", "item_id"], as_index=False)["relevance"].mean()
+    rows = rows.merge(shown, on=["query_id", "item_id"], how="left").merge(judged, on=["query_id", "item_id"],
+                                                                          how="left")
+    rows["group"] = assign_groups(rows, config)
+    rows = sample_retrieval(rows[rows["group"].notna()], config, rng)
+    rows = rows.merge(queries[["query_id", "query_norm", "role"]], on="query_id", how="left")
+    rows = popularity_counts(rows, ctx)
+
+    with console.status(f"features of {len(rows):,} rows: request-time pairs and point-in-time store"):
+        items = ws.lake.read("items")
+        scorer = PairScorer(stack.runner.fused_channels(stack.candidate_model), items)
+        request = pair_features(scorer, rows)
+        store = feature_store(ws)
+        service = store.get_feature_service(SERVICE)
+        entities = rows[["query_id", "item_id"]].assign(event_timestamp=as_of)
+        stored = historical_features(store, service, entities).drop(columns=["query_id", "item_id", "event_timestamp"])
+        rows = assemble(rows, request, stored)
+    counts = rows["group"].value_counts().reindex(LABELS, fill_value=0)
+    console.print("pre-ranker data: " + ", ".join(f"{g} {n:,}" for g, n in counts.items()))
+    return rows, store_views(store, service)
+
+
+def random_items(ws: Workspace, rows: pd.DataFrame, queries: pd.DataFrame, config: PrerankDataConfig,
+                 rng: np.random.Generator) -> pd.DataFrame:
+    """`random_sample` catalog items per query that retrieval did not return, LIGHT columns as for an
+    item absent from every channel."""
+    catalog = ws.lake.read("items")["item_id"].astype(str).to_numpy()
+    retrieved = rows.groupby("query_id")["item_id"].agg(set)
+    parts = []
+    for qid in queries["query_id"]:
+        picks = rng.choice(catalog, size=min(len(catalog), 2 * config.random_sample), replace=False)
+        picks = [i for i in picks if i not in retrieved.get(qid, ())][:config.random_sample]
+        parts.append(pd.DataFrame({"query_id": qid, "item_id": picks}))
+    extra = pd.concat(parts, ignore_index=True).assign(random=True)
+    floors = fill_absent(pd.concat([rows[["query_id", "item_id", *[f"deep_{k}_{c}" for k in ("rank", "score")
+                                                                     for c in CHANNELS]]],
+                                    extra[["query_id", "item_id"]]], ignore_index=True), config.n_retrieve)
+    return floors.iloc[len(rows):].reset_index(drop=True).assign(random=True)
+
+
+def assign_groups(rows: pd.DataFrame, config: PrerankDataConfig) -> pd.Series:
+    """Each row's group (module docstring), None where its label is unknown."""
+    judged_relevant = rows["relevance"].ge(2.0)
+    positive = judged_relevant | rows["clicked"].eq(True)
+    exposed = ~positive & (rows["shown"].eq(True) | rows["relevance"].notna())
+    random = rows.get("random", pd.Series(False, index=rows.index)).eq(True)
+    ranking = ~positive & ~exposed & rows["ranker_rank"].gt(config.ranking_cut)
+    retrieval = ~positive & ~exposed & ~random & rows["retrieved_rank"].gt(config.n_keep)
+    group = pd.Series(None, index=rows.index, dtype=object)
+    for name, mask in (("random", ~positive & random), ("retrieval", retrieval), ("ranking", ranking),
+                       ("exposed", exposed), (POSITIVE, positive)):  # later wins: the stronger evidence
+        group[mask] = name
+    return group
+
+
+def sample_retrieval(rows: pd.DataFrame, config: PrerankDataConfig, rng: np.random.Generator) -> pd.DataFrame:
+    """Keep at most `retrieval_sample` retrieval negatives per query (seeded), every other row."""
+    draw = pd.Series(rng.random(len(rows)), index=rows.index)
+    order = draw.where(rows["group"] == "retrieval").groupby(rows["query_id"]).rank(method="first")
+    keep = (rows["group"] != "retrieval") | (order <= config.retrieval_sample)
+    return rows[keep].sort_values(["query_id", "item_id"]).reset_index(drop=True)

@@ -1,0 +1,227 @@
+"""The pre-ranker's trainer: read it top to bottom.
+
+1. The training table (data.py): retrieved candidates and random items of sampled training queries,
+   each a positive or in one negative group; item popularity out of query as for the ranker.
+2. Two feature specs: LIGHT columns (light model), the ranker's features (strong model; query-keyed
+   store features blanked for half the queries per epoch, as the ranker: dev queries arrive new).
+3. Four models: light and strong, each trained two ways on the same rows, batches and seed:
+   - uniform: one loss over every negative group pooled: BCE + InfoNCE (per positive, a softmax
+     against its query's negatives);
+   - hap: one such loss term per negative group (the positives against that group's negatives only),
+     summed with weights w_g = mean_h |grad_h| / |grad_g| over the trunk's parameters, recomputed
+     every step: every group moves the shared trunk by the same magnitude, so the many hard
+     negatives do not drown the easy ones (our reading of HAP's gradient-harmonized contrastive
+     learning; arXiv 2603.03770).
+   The light model trains on every group, the strong one on the hard groups (config.HARD) only: it
+   only ever sees the candidates the light model could not settle.
+4. Conflict probe, both ways of training: every PROBE_EVERY steps, each group's loss gradient on the
+   trunk; their pairwise cosines and norms go to preranker.json and conflict.png.
+5. After each epoch, the calib queries' mean per-query AUC (positives vs the model's negative
+   groups; strong: with every query-keyed feature blanked, as dev is served); the best epoch is kept.
+Output: workspace/models/prerankers/<name>/.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pipelines.preranking.config import GROUPS, HARD, TRAINING, PrerankDataConfig, PrerankTrainConfig
+from pipelines.preranking.data import LABELS, LIGHT, POSITIVE, training_table
+from pipelines.preranking.model import SHAPES, Scorer
+from pipelines.preranking.store import PrerankerFiles, scores
+from pipelines.ranking.features import FeatureSpec, drop_query_features
+from pipelines.ranking.train import out_of_query_popularity
+from pipelines.workspace import Workspace
+
+PROBE_EVERY = 10  # steps between gradient-conflict probes
+MODELS = {"light": GROUPS, "strong": HARD}  # model -> the negative groups it trains on
+
+
+def train_preranker(ws: Workspace, name: str, data: PrerankDataConfig, config: PrerankTrainConfig,
+                    console: Console | None = None) -> dict:
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    rows, views = training_table(ws, data, console)
+    rows = out_of_query_popularity(rows)
+    fit = rows[rows["role"] == "fit"].reset_index(drop=True)
+    calib = rows[rows["role"] == "calib"].reset_index(drop=True)
+    specs = {"light": FeatureSpec.fit(fit, {}, request=LIGHT), "strong": FeatureSpec.fit(fit, views)}
+    models, history, conflict = {}, {}, {}
+    for kind, groups in MODELS.items():
+        keep = [POSITIVE, *groups]
+        for training in TRAINING:
+            key = f"{kind}-{training}"
+            model, history[key], conflict[key] = train_one(
+                fit[fit["group"].isin(keep)], calib[calib["group"].isin(keep)], specs[kind], kind, groups,
+                training, config, console)
+            models[key] = model
+    files = PrerankerFiles.of(ws, name)
+    meta = {"name": name, "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
+            "data": asdict(data), "train": asdict(config), "shapes": {k: asdict(v) for k, v in SHAPES.items()},
+            "rows": {role: part["group"].value_counts().reindex(LABELS, fill_value=0).to_dict()
+                     for role, part in (("fit", fit), ("calib", calib))},
+            "history": history, "conflict": conflict,
+            "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads()}
+    files.save(models, specs, meta)
+    plot_conflict(conflict, files.root / "conflict.png")
+    console.print(f"pre-ranker {name!r} saved in {files.root} ({meta['seconds']:.0f} s)")
+    return {**meta, "root": str(files.root)}
+
+
+def train_one(fit: pd.DataFrame, calib: pd.DataFrame, spec: FeatureSpec, kind: str, groups: tuple[str, ...],
+              training: str, config: PrerankTrainConfig, console: Console) -> tuple[Scorer, list, list]:
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = Scorer(len(spec.inputs), SHAPES[kind])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
+    codes = torch.from_numpy(fit["group"].map({g: i for i, g in enumerate(LABELS)}).to_numpy(np.int64))
+    bounds = query_bounds(fit)
+    probes = {g: (LABELS.index(g),) for g in groups}  # one loss term per negative group
+    terms = probes if training == "hap" else {"all": tuple(LABELS.index(g) for g in groups)}
+    calib_new = drop_query_features(calib, spec, 1.0, config.seed) if kind == "strong" else calib
+    history, conflict, best, step = [], [], (-1.0, None), 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    for epoch in range(config.epochs):
+        frame = drop_query_features(fit, spec, 0.5, config.seed + epoch) if kind == "strong" else fit
+        x = torch.from_numpy(spec.matrix(frame))
+        order = rng.permutation(len(bounds))
+        model.train()
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task(f"{kind} ({training}) epoch {epoch + 1}/{config.epochs}", total=len(order))
+            for start in range(0, len(order), config.queries_per_batch):
+                idx, qcodes = batch_rows(bounds, order[start:start + config.queries_per_batch])
+                s = model(x[idx])
+                losses = list_losses(s, codes[idx], qcodes, terms, config.temperature)
+                if step % PROBE_EVERY == 0:
+                    per_group = losses if training == "hap" else list_losses(s, codes[idx], qcodes, probes,
+                                                                            config.temperature)
+                    conflict.append(gradient_probe(model, per_group, step))
+                loss = balanced(model, losses) if training == "hap" else sum(losses.values())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+                bar.advance(task, len(order[start:start + config.queries_per_batch]))
+        auc = mean_query_auc(calib_new, scores(model, spec, calib_new))
+        history.append({"epoch": epoch + 1, "calib_auc": round(auc, 4)})
+        console.print(f"{kind} ({training}) epoch {epoch + 1}: calib per-query AUC {auc:.4f}")
+        if auc > best[0]:
+            best = (auc, {k: v.clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[1])
+    model.eval()
+    return model, history, conflict
+
+
+def query_bounds(rows: pd.DataFrame) -> np.ndarray:
+    """(n_queries, 2) start and end row of each query's contiguous block (rows sorted by query)."""
+    codes = pd.factorize(rows["query_id"])[0]
+    if len(codes) and (np.diff(codes) < 0).any():
+        raise ValueError("training rows must be grouped by query")
+    starts = np.flatnonzero(np.r_[True, np.diff(codes) != 0]) if len(codes) else np.zeros(0, np.int64)
+    return np.column_stack([starts, np.r_[starts[1:], len(codes)]]).astype(np.int64)
+
+
+def batch_rows(bounds: np.ndarray, queries: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row indices of the batch's queries, each row's query number within the batch)."""
+    spans = [np.arange(*bounds[q]) for q in queries]
+    idx = np.concatenate(spans)
+    qcodes = np.repeat(np.arange(len(spans)), [len(s) for s in spans])
+    return torch.from_numpy(idx), torch.from_numpy(qcodes)
+
+
+def list_losses(s: torch.Tensor, codes: torch.Tensor, qcodes: torch.Tensor, terms: dict[str, tuple[int, ...]],
+                temperature: float) -> dict[str, torch.Tensor]:
+    """Per term: BCE over the positives and the term's negatives + InfoNCE of each positive against
+    its own query's negatives of the term. Terms without positives or negatives in the batch drop out."""
+    positive = codes == 0
+    n_queries = int(qcodes.max()) + 1 if len(qcodes) else 0
+    out = {}
+    for name, negative_codes in terms.items():
+        negative = torch.isin(codes, torch.tensor(negative_codes))
+        if not positive.any() or not negative.any():
+            continue
+        used = positive | negative
+        bce = F.binary_cross_entropy_with_logits(s[used], positive[used].float())
+        z = s / temperature
+        neg_q, neg_z = qcodes[negative], z[negative]
+        peak = torch.full((n_queries,), -torch.inf).scatter_reduce(0, neg_q, neg_z.detach(), reduce="amax")
+        total = torch.zeros(n_queries).index_add(0, neg_q, torch.exp(neg_z - peak[neg_q]))
+        has = total[qcodes[positive]] > 0
+        if has.any():
+            lse = (peak + torch.log(total.clamp_min(1e-30)))[qcodes[positive]][has]
+            zp = z[positive][has]
+            bce = bce + (torch.logaddexp(zp, lse) - zp).mean()
+        out[name] = bce
+    return out
+
+
+def shared_gradients(model: Scorer, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each loss's gradient on the trunk's parameters, flattened."""
+    params = [p for p in model.trunk.parameters() if p.requires_grad]
+    return {name: torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params, retain_graph=True)])
+            for name, loss in losses.items()}
+
+
+def balanced(model: Scorer, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the group losses weighted so that each moves the trunk by the mean gradient norm."""
+    norms = {name: g.norm() for name, g in shared_gradients(model, losses).items()}
+    mean = torch.stack(list(norms.values())).mean()
+    return sum((mean / norms[name].clamp_min(1e-12)).detach() * loss for name, loss in losses.items())
+
+
+def gradient_probe(model: Scorer, losses: dict[str, torch.Tensor], step: int) -> dict:
+    """{step, norm per group, cosine per pair of groups} of the groups' trunk gradients."""
+    grads = shared_gradients(model, losses)
+    names = list(grads)
+    cosines = {f"{a}|{b}": round(float(F.cosine_similarity(grads[a], grads[b], dim=0)), 4)
+               for i, a in enumerate(names) for b in names[i + 1:]}
+    return {"step": step, "norm": {n: round(float(g.norm()), 6) for n, g in grads.items()}, "cosine": cosines}
+
+
+def mean_query_auc(rows: pd.DataFrame, score: np.ndarray) -> float:
+    """Mean over queries with both classes of P(a positive outscores a negative)."""
+    frame = pd.DataFrame({"q": rows["query_id"].to_numpy(), "y": (rows["group"] == POSITIVE).to_numpy(),
+                          "s": score})
+    aucs = []
+    for _, g in frame.groupby("q", sort=False):
+        pos, neg = g.loc[g["y"], "s"].to_numpy(), g.loc[~g["y"], "s"].to_numpy()
+        if len(pos) and len(neg):
+            aucs.append((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def plot_conflict(conflict: dict[str, list], path) -> None:
+    """Per model and training: the mean cosine between hard- and easy-group trunk gradients, and the
+    hard groups' share of the gradient norm, over training steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, probes in conflict.items():
+        if not probes:
+            continue
+        steps = [p["step"] for p in probes]
+        cross = [np.mean([c for pair, c in p["cosine"].items() if sum(g in HARD for g in pair.split("|")) == 1]
+                         or [np.nan]) for p in probes]
+        share = [sum(n for g, n in p["norm"].items() if g in HARD) / max(sum(p["norm"].values()), 1e-12)
+                 for p in probes]
+        axes[0].plot(steps, cross, label=key)
+        axes[1].plot(steps, share, label=key)
+    axes[0].set(title="cosine(hard-group, easy-group gradients) on the trunk", xlabel="step")
+    axes[1].set(title="hard groups' share of the gradient norm", xlabel="step")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
