@@ -622,23 +622,25 @@ def prerank_eval_cmd(
     name: str = typer.Option("preranker", help="Trained pre-ranker (workspace/models/prerankers/NAME)"),
     split: str = typer.Option("dev", help="Lake split scored (dev: held out)"),
     budget: list[float] | None = typer.Option(None, help="Routing budgets (repeatable; default 0.1 0.2 0.3)"),
+    precompute: bool = option(EvalConfig, "precompute"),
     out: Path | None = typer.Option(None, help="Output dir [WORKSPACE/reports/prerank-NAME-SPLIT]"),
 ) -> None:
     """Each pre-ranking variant's kept candidates, ordered by the ranker, scored on the split."""
-    from pipelines.evaluation.prerank import BUDGETS, evaluate_preranker
+    from pipelines.evaluation.prerank import BUDGETS, REGIMES, evaluate_preranker
 
     ws = writing(ctx)
     with friendly_errors(ws.online), known_models():
-        report = evaluate_preranker(ws, name, split, tuple(budget or BUDGETS), out, console)
-    table = Table("variant", "top-10 kept", "routed", "NDCG@10", "condensed", "NDCG@25", "recall@100",
-                  "irrelevant@10", title=f"{split}: retrieve {report['n_retrieve']} -> keep {report['n_keep']} "
-                                          f"-> ranker {report['ranker']!r} ({report['queries']:,} queries)")
-    for v in report["variants"]:
-        m = v["mean"]
-        table.add_row(v["variant"], f"{v['top10_kept']:.4f}", f"{v['routed_share']:.3f}", f"{m['ndcg@10']:.4f}",
-                      f"{m['ndcg@10_condensed']:.4f}", f"{m['ndcg@25']:.4f}", f"{m['recall@100']:.4f}",
-                      f"{m['irrelevant@10']:.4f}")
-    console.print(table)
+        report = evaluate_preranker(ws, name, split, tuple(budget or BUDGETS), precompute, out, console)
+    for regime, variants in report["regimes"].items():
+        table = Table("variant", "top-10 kept", "routed", "NDCG@10", "condensed", "NDCG@25", "recall@100",
+                      "irrelevant@10", title=f"{split}, {REGIMES[regime]}: retrieve {report['n_retrieve']} -> "
+                                             f"keep {report['n_keep']} -> ranker {report['ranker']!r}")
+        for v in variants:
+            m = v["mean"]
+            table.add_row(v["variant"], f"{v['top10_kept']:.4f}", f"{v['routed_share']:.3f}", f"{m['ndcg@10']:.4f}",
+                          f"{m['ndcg@10_condensed']:.4f}", f"{m['ndcg@25']:.4f}", f"{m['recall@100']:.4f}",
+                          f"{m['irrelevant@10']:.4f}")
+        console.print(table)
     console.print(f"report -> {report['out']}/prerank.md, prerank.json")
 
 

@@ -576,10 +576,10 @@ def test_prerank_trains_both_ways_and_each_variant_hands_the_ranker_its_share(ws
     result = CliRunner().invoke(app, [*cli_args(ws), "prerank", "eval", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "prerank.json").read_text())
-    by_name = {v["variant"]: v for v in report["variants"]}
+    by_name = {v["variant"]: v for v in report["regimes"]["new"]}
     assert {"no pre-ranking (fusion order)", "light everywhere", "strong everywhere", "uniform, budget 0.2",
             "HAP, budget 0.1", "HAP, budget 0.2", "HAP, budget 0.3"} <= set(by_name)
-    for v in report["variants"]:
+    for v in report["regimes"]["new"]:
         assert 0 < v["mean"]["ndcg@10"] <= v["mean"]["ndcg@10_condensed"] <= 1, v
         assert 0 <= v["top10_kept"] <= 1
         if v["budget"] is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipelines.evaluation import judgments as judgment_sets
 from pipelines.evaluation.offline import score as score_runs
@@ -28,6 +29,7 @@ from pipelines.ranking.search import SearchStack, best_first, to_run
 from pipelines.workspace import Workspace
 
 BUDGETS = (0.1, 0.2, 0.3)
+CHUNK_QUERIES = 200  # queries retrieved and scored at a time
 
 
 def variants(budgets) -> list[dict]:
@@ -44,30 +46,66 @@ def variants(budgets) -> list[dict]:
     return out
 
 
-def scored_candidates(ws: Workspace, name: str, split: str, console: Console) -> tuple[pd.DataFrame, dict, object]:
-    """(every retrieved candidate of the split's queries with the ranker's value and each model's
-    score; the pre-ranker's meta; the judgment set)."""
-    models, specs, meta = PrerankerFiles.of(ws, name).load()
+def scored_candidates(ws: Workspace, models: dict, specs: dict, meta: dict, jset, known: pd.DataFrame | None,
+                      console: Console, chunk: int = CHUNK_QUERIES) -> pd.DataFrame:
+    """Every retrieved candidate of the judgment set's queries: query_id, item_id, retrieved_rank, the
+    ranker's value and each model's score. known: pair rows standing in for the store's (the
+    known-query regime, pipelines.ranking.precompute). Queries go through in chunks, each chunk's wide
+    feature frame dropped once scored (bounded memory)."""
     stack = SearchStack.load(ws, meta["data"]["ranker"])
-    jset = judgment_sets.from_lake(ws.lake, split)
     texts, qids = jset.queries["query_norm"].tolist(), jset.queries["query_id"].tolist()
-    console.print(f"pre-rank eval: {len(qids):,} {split} queries, {stack.candidate_model} top "
-                  f"{meta['data']['n_retrieve']}, ranker {stack.name!r}")
-    rows = retrieve(stack.runner, texts, qids, stack.candidate_model, meta["data"]["n_retrieve"])
-    with console.status(f"the ranker over {len(rows):,} candidates"):
-        rows = stack.score(texts, qids, candidates=rows, lambdamart=False, progress=False).rows
-    rows["ranker_value"] = sum(stack.terms(rows, "value").values())
-    for key, model in models.items():
-        rows[key] = scores(model, specs[key.partition("-")[0]], rows)
-    return rows, meta, jset
+    parts = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"retrieve, rank, pre-rank ({'known' if known is not None else 'new'} queries)",
+                            total=len(qids))
+        for start in range(0, len(qids), chunk):
+            t, q = texts[start:start + chunk], qids[start:start + chunk]
+            rows = retrieve(stack.runner, t, q, stack.candidate_model, meta["data"]["n_retrieve"], progress=False)
+            pairs = None if known is None else known[known["query_id"].isin(q)]
+            rows = stack.score(t, q, candidates=rows, lambdamart=False, progress=False, known=pairs).rows
+            part = rows[["query_id", "item_id", "retrieved_rank"]].assign(
+                ranker_value=sum(stack.terms(rows, "value").values()))
+            for key, model in models.items():
+                part[key] = scores(model, specs[key.partition("-")[0]], rows)
+            parts.append(part)
+            bar.advance(task, len(q))
+    return pd.concat(parts, ignore_index=True)
 
 
-def evaluate_preranker(ws: Workspace, name: str, split: str = "dev", budgets=BUDGETS,
+def evaluate_preranker(ws: Workspace, name: str, split: str = "dev", budgets=BUDGETS, precompute: bool = False,
                        out: Path | None = None, console: Console | None = None) -> dict:
+    """Both regimes with `precompute` (the new-query one alone without): per regime, the table of
+    `variants`; written to OUT/prerank.json and prerank.md."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
-    rows, meta, jset = scored_candidates(ws, name, split, console)
-    n_keep = meta["data"]["n_keep"]
+    models, specs, meta = PrerankerFiles.of(ws, name).load()
+    jset = judgment_sets.from_lake(ws.lake, split)
+    console.print(f"pre-rank eval: {len(jset.queries):,} {split} queries, top {meta['data']['n_retrieve']} "
+                  f"-> {meta['data']['n_keep']}, ranker {meta['data']['ranker']!r}")
+    regimes = {"new": None}
+    if precompute:
+        from pipelines.ranking.precompute import precompute_pair_features
+
+        regimes["known"] = precompute_pair_features(ws, jset.queries["query_norm"].tolist(),
+                                                    jset.queries["query_id"].tolist(), console)
+    report = {"preranker": name, "split": split, "queries": int(jset.queries.shape[0]),
+              "n_retrieve": meta["data"]["n_retrieve"], "n_keep": meta["data"]["n_keep"],
+              "ranker": meta["data"]["ranker"], "regimes": {}}
+    for regime, known in regimes.items():
+        rows = scored_candidates(ws, models, specs, meta, jset, known, console)
+        report["candidates"] = int(len(rows))
+        report["regimes"][regime] = variant_table(rows, jset, meta["data"]["n_keep"], budgets)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    out = out or ws.root / "reports" / f"prerank-{name}-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prerank.json").write_text(json.dumps(report, indent=2))
+    (out / "prerank.md").write_text(markdown(report))
+    report["out"] = str(out)
+    return report
+
+
+def variant_table(rows: pd.DataFrame, jset, n_keep: int, budgets) -> list[dict]:
     ranker_top = best_first(rows, rows["ranker_value"]).groupby("query_id", sort=False).head(10)
     ranker_top = set(zip(ranker_top["query_id"], ranker_top["item_id"]))
     table = []
@@ -87,27 +125,24 @@ def evaluate_preranker(ws: Workspace, name: str, split: str = "dev", budgets=BUD
                       "mean": {m: round(x, 4) for m, x in result["mean"].items()},
                       "by_bucket": {b: {m: round(x, 4) for m, x in r["mean"].items()}
                                     for b, r in result["by_bucket"].items()}})
-    report = {"preranker": name, "split": split, "queries": int(jset.queries.shape[0]),
-              "candidates": int(len(rows)), "n_retrieve": meta["data"]["n_retrieve"], "n_keep": n_keep,
-              "ranker": meta["data"]["ranker"], "regime": "new queries (no pair rows in the store)",
-              "variants": table, "seconds": round(time.perf_counter() - started, 1)}
-    out = out or ws.root / "reports" / f"prerank-{name}-{split}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "prerank.json").write_text(json.dumps(report, indent=2))
-    (out / "prerank.md").write_text(markdown(report))
-    report["out"] = str(out)
-    return report
+    return table
+
+
+REGIMES = {"new": "new queries (no pair rows in the store)",
+           "known": "known queries (the producers' pair rows precomputed, --precompute)"}
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Pre-ranking on {report['split']} ({report['queries']:,} queries, {report['regime']})", "",
+    lines = [f"# Pre-ranking on {report['split']} ({report['queries']:,} queries)", "",
              f"Retrieve {report['n_retrieve']:,} -> pre-rank -> the ranker {report['ranker']!r} sees "
-             f"{report['n_keep']}.", "",
-             "| variant | ranker's top 10 kept | routed | NDCG@10 | NDCG@10 condensed | NDCG@25 | recall@100 "
-             "| irrelevant@10 |", "|---|---|---|---|---|---|---|---|"]
-    for v in report["variants"]:
-        m = v["mean"]
-        lines.append(f"| {v['variant']} | {v['top10_kept']:.4f} | {v['routed_share']:.3f} | {m['ndcg@10']:.4f} | "
-                     f"{m['ndcg@10_condensed']:.4f} | {m['ndcg@25']:.4f} | {m['recall@100']:.4f} | "
-                     f"{m['irrelevant@10']:.4f} |")
+             f"{report['n_keep']}."]
+    for regime, table in report["regimes"].items():
+        lines += ["", f"## {REGIMES[regime]}", "",
+                  "| variant | ranker's top 10 kept | routed | NDCG@10 | NDCG@10 condensed | NDCG@25 | recall@100 "
+                  "| irrelevant@10 |", "|---|---|---|---|---|---|---|---|"]
+        for v in table:
+            m = v["mean"]
+            lines.append(f"| {v['variant']} | {v['top10_kept']:.4f} | {v['routed_share']:.3f} | {m['ndcg@10']:.4f} | "
+                         f"{m['ndcg@10_condensed']:.4f} | {m['ndcg@25']:.4f} | {m['recall@100']:.4f} | "
+                         f"{m['irrelevant@10']:.4f} |")
     return "\n".join(lines) + "\n"

@@ -68,7 +68,8 @@ def train_preranker(ws: Workspace, name: str, data: PrerankDataConfig, config: P
             "data": asdict(data), "train": asdict(config), "shapes": {k: asdict(v) for k, v in SHAPES.items()},
             "rows": {role: part["group"].value_counts().reindex(LABELS, fill_value=0).to_dict()
                      for role, part in (("fit", fit), ("calib", calib))},
-            "history": history, "conflict": conflict,
+            "history": history, "conflict_summary": {k: conflict_summary(v) for k, v in conflict.items()},
+            "conflict": conflict,
             "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads()}
     files.save(models, specs, meta)
     plot_conflict(conflict, files.root / "conflict.png")
@@ -198,9 +199,24 @@ def mean_query_auc(rows: pd.DataFrame, score: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
+def conflict_summary(probes: list[dict]) -> dict:
+    """Means over a training's probes: cosine per pair of groups, hard-vs-easy cosine (pairs with one
+    hard and one easy group), and the hard groups' share of the summed gradient norms."""
+    if not probes:
+        return {}
+    pairs = sorted({pair for p in probes for pair in p["cosine"]})
+    cosine = {pair: round(float(np.mean([p["cosine"][pair] for p in probes if pair in p["cosine"]])), 4)
+              for pair in pairs}
+    cross = [c for pair, c in cosine.items() if sum(g in HARD for g in pair.split("|")) == 1]
+    share = [sum(n for g, n in p["norm"].items() if g in HARD) / max(sum(p["norm"].values()), 1e-12) for p in probes]
+    return {"cosine": cosine, "hard_vs_easy_cosine": round(float(np.mean(cross)), 4) if cross else None,
+            "hard_norm_share": round(float(np.mean(share)), 4)}
+
+
 def plot_conflict(conflict: dict[str, list], path) -> None:
-    """Per model and training: the mean cosine between hard- and easy-group trunk gradients, and the
-    hard groups' share of the gradient norm, over training steps."""
+    """Over training steps, per model and training: left, the cosine between the groups' trunk
+    gradients (light: mean over hard-easy pairs; strong: exposed vs ranking, its only pair); right,
+    the hard groups' share of the gradient norm (light models: the strong one trains on hard only)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,14 +227,18 @@ def plot_conflict(conflict: dict[str, list], path) -> None:
         if not probes:
             continue
         steps = [p["step"] for p in probes]
-        cross = [np.mean([c for pair, c in p["cosine"].items() if sum(g in HARD for g in pair.split("|")) == 1]
-                         or [np.nan]) for p in probes]
-        share = [sum(n for g, n in p["norm"].items() if g in HARD) / max(sum(p["norm"].values()), 1e-12)
-                 for p in probes]
-        axes[0].plot(steps, cross, label=key)
-        axes[1].plot(steps, share, label=key)
-    axes[0].set(title="cosine(hard-group, easy-group gradients) on the trunk", xlabel="step")
-    axes[1].set(title="hard groups' share of the gradient norm", xlabel="step")
+        if key.startswith("light"):
+            cosine = [np.mean([c for pair, c in p["cosine"].items() if sum(g in HARD for g in pair.split("|")) == 1]
+                              or [np.nan]) for p in probes]
+            share = [sum(n for g, n in p["norm"].items() if g in HARD) / max(sum(p["norm"].values()), 1e-12)
+                     for p in probes]
+            axes[1].plot(steps, share, marker=".", label=key)
+        else:
+            cosine = [np.mean(list(p["cosine"].values()) or [np.nan]) for p in probes]
+        axes[0].plot(steps, cosine, marker=".", linestyle="-" if key.startswith("light") else "--", label=key)
+    axes[0].set(title="cosine of group gradients on the trunk\n(light: hard vs easy; strong: exposed vs ranking)",
+                xlabel="step")
+    axes[1].set(title="light model: hard groups' share of the gradient norm", xlabel="step")
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
