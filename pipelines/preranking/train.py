@@ -12,8 +12,10 @@
      every step: every group moves the shared trunk by the same magnitude, so the many hard
      negatives do not drown the easy ones (our reading of HAP's gradient-harmonized contrastive
      learning; arXiv 2603.03770).
-   The light model trains on every group, the strong one on the hard groups (config.HARD) only: it
-   only ever sees the candidates the light model could not settle.
+   Uniformly, both models train on every group. HAP's light model trains on every group, its strong
+   one on the hard groups (config.HARD) only: it only ever sees the candidates the light model could
+   not settle. "Strong everywhere" (the reference HAP is held to) is the uniform strong model, trained
+   on everything it will score.
 4. Conflict probe, both ways of training: every PROBE_EVERY steps, each group's loss gradient on the
    trunk; their pairwise cosines and norms go to preranker.json and conflict.png.
 5. After each epoch, the calib queries' mean per-query AUC (positives vs the model's negative
@@ -42,7 +44,6 @@ from pipelines.ranking.train import out_of_query_popularity
 from pipelines.workspace import Workspace
 
 PROBE_EVERY = 10  # steps between gradient-conflict probes
-MODELS = {"light": GROUPS, "strong": HARD}  # model -> the negative groups it trains on
 
 
 def train_preranker(ws: Workspace, name: str, data: PrerankDataConfig, config: PrerankTrainConfig,
@@ -55,9 +56,10 @@ def train_preranker(ws: Workspace, name: str, data: PrerankDataConfig, config: P
     calib = rows[rows["role"] == "calib"].reset_index(drop=True)
     specs = {"light": FeatureSpec.fit(fit, {}, request=LIGHT), "strong": FeatureSpec.fit(fit, views)}
     models, history, conflict = {}, {}, {}
-    for kind, groups in MODELS.items():
-        keep = [POSITIVE, *groups]
+    for kind in ("light", "strong"):
         for training in TRAINING:
+            groups = HARD if (kind, training) == ("strong", "hap") else GROUPS
+            keep = [POSITIVE, *groups]
             key = f"{kind}-{training}"
             model, history[key], conflict[key] = train_one(
                 fit[fit["group"].isin(keep)], calib[calib["group"].isin(keep)], specs[kind], kind, groups,
@@ -199,24 +201,29 @@ def mean_query_auc(rows: pd.DataFrame, score: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
+def hard_easy(probe: dict) -> tuple[float, float]:
+    """(mean cosine over pairs of one hard and one easy group, or over all pairs when the training has
+    no easy group; the hard groups' share of the summed gradient norms) of one probe."""
+    cross = [c for pair, c in probe["cosine"].items() if sum(g in HARD for g in pair.split("|")) == 1]
+    cosine = float(np.mean(cross or list(probe["cosine"].values()) or [np.nan]))
+    share = sum(n for g, n in probe["norm"].items() if g in HARD) / max(sum(probe["norm"].values()), 1e-12)
+    return cosine, share
+
+
 def conflict_summary(probes: list[dict]) -> dict:
-    """Means over a training's probes: cosine per pair of groups, hard-vs-easy cosine (pairs with one
-    hard and one easy group), and the hard groups' share of the summed gradient norms."""
+    """Means over a training's probes: cosine per pair of groups, hard_easy's two figures."""
     if not probes:
         return {}
     pairs = sorted({pair for p in probes for pair in p["cosine"]})
     cosine = {pair: round(float(np.mean([p["cosine"][pair] for p in probes if pair in p["cosine"]])), 4)
               for pair in pairs}
-    cross = [c for pair, c in cosine.items() if sum(g in HARD for g in pair.split("|")) == 1]
-    share = [sum(n for g, n in p["norm"].items() if g in HARD) / max(sum(p["norm"].values()), 1e-12) for p in probes]
-    return {"cosine": cosine, "hard_vs_easy_cosine": round(float(np.mean(cross)), 4) if cross else None,
-            "hard_norm_share": round(float(np.mean(share)), 4)}
+    cross, share = np.mean([hard_easy(p) for p in probes], axis=0)
+    return {"cosine": cosine, "hard_vs_easy_cosine": round(float(cross), 4), "hard_norm_share": round(float(share), 4)}
 
 
 def plot_conflict(conflict: dict[str, list], path) -> None:
-    """Over training steps, per model and training: left, the cosine between the groups' trunk
-    gradients (light: mean over hard-easy pairs; strong: exposed vs ranking, its only pair); right,
-    the hard groups' share of the gradient norm (light models: the strong one trains on hard only)."""
+    """Over training steps, per model and training, hard_easy's cosine (left) and the hard groups'
+    share of the gradient norm (right; HAP's strong model trains on hard groups only: share 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,18 +234,13 @@ def plot_conflict(conflict: dict[str, list], path) -> None:
         if not probes:
             continue
         steps = [p["step"] for p in probes]
-        if key.startswith("light"):
-            cosine = [np.mean([c for pair, c in p["cosine"].items() if sum(g in HARD for g in pair.split("|")) == 1]
-                              or [np.nan]) for p in probes]
-            share = [sum(n for g, n in p["norm"].items() if g in HARD) / max(sum(p["norm"].values()), 1e-12)
-                     for p in probes]
-            axes[1].plot(steps, share, marker=".", label=key)
-        else:
-            cosine = [np.mean(list(p["cosine"].values()) or [np.nan]) for p in probes]
-        axes[0].plot(steps, cosine, marker=".", linestyle="-" if key.startswith("light") else "--", label=key)
-    axes[0].set(title="cosine of group gradients on the trunk\n(light: hard vs easy; strong: exposed vs ranking)",
+        cosine, share = zip(*(hard_easy(p) for p in probes))
+        style = "-" if key.endswith("hap") else "--"
+        axes[0].plot(steps, cosine, style, marker=".", label=key)
+        axes[1].plot(steps, share, style, marker=".", label=key)
+    axes[0].set(title="cosine of hard- vs easy-group gradients on the trunk\n(HAP's strong: exposed vs ranking)",
                 xlabel="step")
-    axes[1].set(title="light model: hard groups' share of the gradient norm", xlabel="step")
+    axes[1].set(title="hard groups' share of the gradient norm", xlabel="step")
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
