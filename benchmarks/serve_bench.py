@@ -94,10 +94,11 @@ SERVE = Settings.model_fields  # the service's settings: the server's defaults a
 
 
 def build(root: Path, online: str, items: int, queries: int, kind: str, seed: int, shared_cache: bool = True,
-          ranker: bool = False):
+          ranker: bool = False, preranker: bool = False):
     """Workspace with lake, index, feature tables for every query's top-100, Redis and the blend;
     with `ranker`, a ranker trained on it (quick profile, rrf candidates: /search's latency does not
-    depend on how well it ranks). shared_cache: keep catalog embeddings in CACHE across runs."""
+    depend on how well it ranks), and with `preranker` a pre-ranker for it (quick profile, one epoch,
+    N_r 1,000 -> 200, less on a small catalog). shared_cache: keep catalog embeddings in CACHE across runs."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -151,6 +152,12 @@ def build(root: Path, online: str, items: int, queries: int, kind: str, seed: in
 
         train_ranker(ws, "ranker", RankerDataConfig(candidates="rrf", quick=True, seed=seed),
                      RankerTrainConfig(epochs=1, seed=seed))
+    if preranker:
+        from pipelines.preranking.config import PrerankDataConfig, PrerankTrainConfig
+        from pipelines.preranking.train import train_preranker
+
+        data = PrerankDataConfig(n_retrieve=min(1000, items // 2), n_keep=min(200, items // 4), quick=True, seed=seed)
+        train_preranker(ws, "preranker", data, PrerankTrainConfig(epochs=1, seed=seed))
     pairs = {q: list(g) for q, g in keys[("query_id", "item_id")].groupby("query_id", sort=False)["item_id"]}
     return ws, manifest, lake_queries["query_text"].tolist(), pairs
 
@@ -366,9 +373,14 @@ def main() -> None:
                     help="soak window in minutes; each after the first starts a materialize --full and a reload")
     ap.add_argument("--endpoint", choices=sorted(ENDPOINTS), default="retrieve",
                     help="retrieve: k=100 with features; search: k=10 of n=200 through a ranker trained on the lake")
+    ap.add_argument("--preranker", action="store_true",
+                    help="--endpoint search: serve with a pre-ranker trained on the workspace (N_r 1,000 -> the "
+                         "ranker's 200, budget 0.2); its work counts in the retrieve stage")
     ap.add_argument("--seed", type=int, default=0)
     add_run_args(ap, "serve", quick="400 items, 80 queries, 1 server process, 1 s per level, 20 lookups")
     a = ap.parse_args()
+    if a.preranker and a.endpoint != "search":
+        ap.error("--preranker needs --endpoint search")
     if a.quick:
         a.duration, a.warmup = min(a.duration, 1), min(a.warmup, 0.5)
         a.items, a.queries, a.lookups = min(a.items, 400), min(a.queries, 80), min(a.lookups, 20)
@@ -386,7 +398,8 @@ def main() -> None:
             redis.client(0).flushdb()
             t0 = time.perf_counter()
             ws, manifest, texts, pairs = build(tmp / "ws", redis.url(0), a.items, a.queries, a.index_kind,
-                                               a.seed, shared_cache=not a.quick, ranker=a.endpoint == "search")
+                                               a.seed, shared_cache=not a.quick, ranker=a.endpoint == "search",
+                                               preranker=a.preranker)
             print(f"built workspace, index and features for {len(pairs):,} queries in {time.perf_counter() - t0:.0f}s")
             rng = random.Random(a.seed)
             bodies = [json.dumps({"query": t, **ENDPOINTS[a.endpoint]["body"]}).encode() for t in texts]
@@ -394,7 +407,8 @@ def main() -> None:
             server = ServerProcess(ws, free_port(), tmp / "server.log",
                                    env={"UNISUP_TORCH_THREADS": str(a.torch_threads),
                                         "UNISUP_WORKERS": str(a.workers), "UNISUP_LANES": str(a.lanes),
-                                        "UNISUP_ADMIN_RELOAD": str(a.soak_minutes > 0).lower()})
+                                        "UNISUP_ADMIN_RELOAD": str(a.soak_minutes > 0).lower(),
+                                        **({"UNISUP_PRERANKER": "preranker"} if a.preranker else {})})
             server.wait_ready()
             levels = []
             for c in LEVELS:
@@ -443,6 +457,7 @@ def report(a, out: Path, manifest, levels: list[dict], lookups: list[dict], soak
     speedup = round(feast["p50_ms"] / ours["p50_ms"], 1) if "p50_ms" in feast and "p50_ms" in ours else None
     failed = failures(levels, lookups, soaked)
     result = {"endpoint": a.endpoint, "request": ENDPOINTS[a.endpoint]["body"], "items": a.items,
+              "preranker": "preranker@0.2 (N_r 1000)" if a.preranker else None,
               "queries": a.queries, "duration_s": a.duration, "warmup_s": a.warmup,
               "quick": a.quick,
               "index": {"kind": manifest.kind, "params": manifest.params, "recall_at_100": manifest.recall_at_100},
