@@ -71,7 +71,7 @@ def test_reloads_under_load_switch_every_worker_and_no_answer_fails_or_mixes_ver
     search = {"ranker": "ranker@value", "ranker_created": ranker["created"], "candidates": "rrf",
               "feature_service": "ranker_online",
               "feature_definitions": definitions_hash(feature_store(ws), feature_store(ws).get_feature_service(
-                  "ranker_online"))[:12]}
+                  "ranker_online"))[:12], "preranker": None}
     query = ws.lake.read("queries")["query_text"].iloc[0]
     first = httpx.post(f"{srv.url}/retrieve", json={"query": query, "k": 20}, timeout=60).json()
     assert first["versions"] == hnsw  # the newest index at start

@@ -565,7 +565,7 @@ def test_prerank_trains_both_ways_and_each_variant_hands_the_ranker_its_share(ws
     the issue's table, routing within its budget, a conflict figure; an unknown name is exit 2; then
     bench_prerank --quick times the variants on the same workspace."""
     args = ["--n-retrieve", "300", "--n-keep", "100"]
-    result = CliRunner().invoke(app, [*cli_args(ws), "prerank", "train", "--quick", "--epochs", "2", *args])
+    result = CliRunner().invoke(app, [*cli_args(ws), "prerank", "train", "--quick", "--epochs", "1", *args])
     assert result.exit_code == 0, result.output
     root = ws.models_dir / "prerankers" / "preranker"
     meta = json.loads((root / "preranker.json").read_text())

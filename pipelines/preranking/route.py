@@ -19,14 +19,17 @@ import numpy as np
 import pandas as pd
 
 
-def light_ranks(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(0-based rank of each row by `light` within its query, ties by item id; the query's size)."""
-    order = np.lexsort((frame["item_id"].astype(str).to_numpy(), -frame["light"].to_numpy(np.float64),
-                        frame["query_id"].astype(str).to_numpy()))
-    ranks = np.empty(len(frame), np.int64)
-    ranks[order] = frame.iloc[order].groupby("query_id", sort=False).cumcount().to_numpy()
-    sizes = frame.groupby("query_id", sort=False)["query_id"].transform("size").to_numpy()
-    return ranks, sizes
+def ranks_within(query_ids, score: np.ndarray, item_ids) -> tuple[np.ndarray, np.ndarray]:
+    """(0-based rank of each row by `score`, best first, within its query, ties by item id; the size of
+    its query). numpy throughout: this runs on every request."""
+    codes, _ = pd.factorize(np.asarray(query_ids))
+    items = np.asarray(item_ids).astype(str)
+    order = np.lexsort((items, -np.asarray(score, np.float64), codes))
+    counts = np.bincount(codes, minlength=codes.max() + 1 if len(codes) else 0)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    ranks = np.empty(len(codes), np.int64)
+    ranks[order] = np.arange(len(codes)) - starts[codes[order]]
+    return ranks, counts[codes]
 
 
 def band(sizes: np.ndarray, n_keep: int, budget: float) -> tuple[np.ndarray, np.ndarray]:
@@ -38,22 +41,20 @@ def band(sizes: np.ndarray, n_keep: int, budget: float) -> tuple[np.ndarray, np.
 
 def route(frame: pd.DataFrame, n_keep: int, budget: float) -> np.ndarray:
     """Bool per row (query_id, item_id, light): sent to the strong model."""
-    ranks, sizes = light_ranks(frame)
+    ranks, sizes = ranks_within(frame["query_id"], frame["light"], frame["item_id"])
     lo, width = band(sizes, n_keep, budget)
     return (ranks >= lo) & (ranks < lo + width)
 
 
 def keep(frame: pd.DataFrame, n_keep: int, budget: float) -> np.ndarray:
     """Bool per row (query_id, item_id, light, strong: read on routed rows only): passed to the ranker."""
-    frame = frame.reset_index(drop=True)
-    ranks, sizes = light_ranks(frame)
+    ranks, sizes = ranks_within(frame["query_id"], frame["light"], frame["item_id"])
     lo, width = band(sizes, n_keep, budget)
     routed = (ranks >= lo) & (ranks < lo + width)
     kept = ranks < lo
     if routed.any():
-        band_rows = frame.loc[routed, ["query_id", "item_id"]].assign(strong=frame.loc[routed, "strong"].to_numpy())
-        band_rows = band_rows.sort_values(["query_id", "strong", "item_id"], ascending=[True, False, True])
-        place = band_rows.groupby("query_id", sort=False).cumcount()
-        slots = (n_keep - lo)[band_rows.index]
-        kept[band_rows.index[place.to_numpy() < slots]] = True
+        idx = np.flatnonzero(routed)
+        place, _ = ranks_within(frame["query_id"].to_numpy()[idx], frame["strong"].to_numpy()[idx],
+                                frame["item_id"].to_numpy()[idx])
+        kept[idx[place < (n_keep - lo)[idx]]] = True
     return kept

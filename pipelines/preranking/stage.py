@@ -38,8 +38,8 @@ class Prerank:
 
     def candidates(self, texts: Sequence[str], query_ids: Sequence[str], n: int,
                    progress: bool = True) -> pd.DataFrame:
-        """The n candidates per (normalized) query the ranker sees, with the fusion's columns, sorted by
-        query then fusion score (as SearchStack.candidates)."""
+        """The n candidates per (normalized) query the ranker sees, with the fusion's columns, in
+        retrieve's order (by query, then the ranker's fusion score, as SearchStack.candidates)."""
         rows = retrieve(self.stack.runner, texts, query_ids, self.stack.candidate_model, self.n_retrieve, progress)
         return self.select(rows.assign(query_norm=rows["query_id"].map(dict(zip(query_ids, texts)))), n)
 
@@ -53,6 +53,4 @@ class Prerank:
             stored, _ = self.stack.lookup(band, degrade=True)
             frame.loc[routed, "strong"] = scores(self.strong, self.specs["strong"],
                                                  assemble(band, pair_features(self.stack.scorer, band), stored))
-        kept = rows.loc[keep(frame, n, self.budget), ["query_id", "item_id", *PRIOR]]
-        return kept.sort_values(["query_id", "fusion_score", "item_id"], ascending=[True, False, True],
-                                kind="stable").reset_index(drop=True)
+        return rows.loc[keep(frame, n, self.budget), ["query_id", "item_id", *PRIOR]].reset_index(drop=True)

@@ -131,5 +131,7 @@ def drop_query_features(rows: pd.DataFrame, spec: FeatureSpec, share: float, see
 
 
 def _squash(frame: pd.DataFrame) -> pd.DataFrame:
-    values = frame.apply(pd.to_numeric, errors="coerce").astype(np.float64)
+    numeric = all(pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in frame.dtypes)
+    values = (frame.astype(np.float64) if numeric  # the common case, without a per-column apply
+              else frame.apply(pd.to_numeric, errors="coerce").astype(np.float64))
     return np.sign(values) * np.log1p(values.abs())
