@@ -123,3 +123,52 @@ def test_balanced_weights_give_every_group_the_same_trunk_gradient_norm():
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     weighted = {k: (weights[k] * g).norm().item() for k, g in grads.items()}
     assert max(weighted.values()) == pytest.approx(min(weighted.values()), rel=1e-5)
+
+
+def test_deep_table_against_a_reference_written_per_query():
+    """The union of three channels' lists (empty slots, a query one channel returns nothing for), its
+    ranks, scores, gaps and fusions, ordered and cut to n_retrieve, against plain Python loops."""
+    from pipelines.metrics import DEPTH
+    from pipelines.preranking.data import CHANNELS, deep_table
+
+    rng = np.random.default_rng(4)
+    catalog = np.array([f"item{i:04d}" for i in range(400)], dtype=object)
+    queries, depth, n_retrieve = ["qb", "qa", "qc"], 150, 180
+    hits = {}
+    for c in CHANNELS:
+        ids = np.array([rng.choice(catalog, depth, replace=False) for _ in queries], dtype=object)
+        ids[1, 120:] = ""  # a short list
+        if c == "bm25":
+            ids[2, :] = ""  # no token matched
+        scores = -np.sort(-rng.random((len(queries), depth)), axis=1).astype(np.float32)
+        hits[c] = (ids, scores)
+    table = deep_table(hits, queries, catalog, n_retrieve)
+
+    expected = []
+    for q, qid in enumerate(queries):
+        lists = {c: [(i, s) for i, s in zip(hits[c][0][q], hits[c][1][q]) if i != ""] for c in CHANNELS}
+        items = sorted({i for entries in lists.values() for i, _ in entries})
+        for item in items:
+            row = {"query_id": qid, "item_id": item}
+            for c, entries in lists.items():
+                rank = {i: r for r, (i, _) in enumerate(entries, start=1)}.get(item)
+                score = dict(entries).get(item, min((s for _, s in entries), default=0.0))
+                row[f"deep_rank_{c}"] = rank or n_retrieve + 1
+                row[f"deep_score_{c}"] = score
+                row[f"deep_gap_{c}"] = max((s for _, s in entries), default=0.0) - score
+                row[f"rank_{c}"] = rank if rank and rank <= DEPTH else DEPTH + 1
+            row["deep_fusion_score"] = sum(1 / (60 + row[f"deep_rank_{c}"]) for c in CHANNELS
+                                           if row[f"deep_rank_{c}"] <= n_retrieve)
+            row["fusion_score"] = sum(1 / (60 + row[f"rank_{c}"]) for c in CHANNELS if row[f"rank_{c}"] <= DEPTH)
+            row["agreement"] = sum(row[f"rank_{c}"] <= DEPTH for c in CHANNELS)
+            expected.append(row)
+    want = pd.DataFrame(expected).sort_values(["query_id", "fusion_score", "deep_fusion_score", "item_id"],
+                                              ascending=[True, False, False, True])
+    want = want.groupby("query_id").head(n_retrieve).reset_index(drop=True)
+    assert table["query_id"].tolist() == want["query_id"].tolist()
+    assert table["item_id"].tolist() == want["item_id"].tolist()
+    assert table.groupby("query_id")["retrieved_rank"].apply(list).to_dict() == {
+        q: list(range(1, n + 1)) for q, n in want.groupby("query_id").size().items()}
+    for column in want.columns.drop(["query_id", "item_id"]):
+        np.testing.assert_allclose(table[column].to_numpy(np.float64), want[column].to_numpy(np.float64),
+                                   rtol=1e-5, atol=1e-6, err_msg=column)

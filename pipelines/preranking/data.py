@@ -42,7 +42,7 @@ from pipelines.ranking.data import SERVICE, engagement_labels, popularity_counts
 from pipelines.ranking.features import assemble, pair_features, store_views
 from pipelines.ranking.search import SearchStack
 from pipelines.retrieval import search_all
-from pipelines.retrieval.fusion import RRF_K, prior_table
+from pipelines.retrieval.fusion import ABSENT, RRF_K, rrf
 from pipelines.retrieval.pair_features import PairScorer
 from pipelines.retrieval.runner import ModelRunner
 from pipelines.signals.spec import SignalContext
@@ -62,42 +62,78 @@ def retrieve(runner: ModelRunner, texts, query_ids, model: str, n_retrieve: int,
     """Top n_retrieve candidates per query (module docstring) with the ranker's fusion columns
     (rank_<channel>, fusion_score, agreement), the LIGHT columns and `retrieved_rank` (1-based)."""
     hits, _ = search_all(runner.fused_channels(model), list(texts), k=n_retrieve, progress=progress)
-    qids = np.asarray(list(query_ids), dtype=object)
-    prior = prior_table({c: (ids[:, :DEPTH], s[:, :DEPTH]) for c, (ids, s) in hits.items()}, qids)
-    deep = None
-    for channel, (ids, scores) in hits.items():
-        n, k = ids.shape
-        part = pd.DataFrame({"query_id": np.repeat(qids, k), "item_id": ids.ravel(),
-                             f"deep_rank_{channel}": np.tile(np.arange(1, k + 1, dtype=np.float32), n),
-                             f"deep_score_{channel}": scores.ravel().astype(np.float32)})
-        part = part[part["item_id"] != ""]
-        deep = part if deep is None else deep.merge(part, on=["query_id", "item_id"], how="outer")
-    rows = fill_absent(deep, n_retrieve).merge(prior, on=["query_id", "item_id"], how="left")
-    rows = rows.fillna({f"rank_{c}": DEPTH + 1 for c in CHANNELS} | {"fusion_score": 0.0, "agreement": 0})
-    rows = rows.astype({f"rank_{c}": np.int64 for c in CHANNELS} | {"agreement": np.int64})
-    rows = rows.sort_values(["query_id", "fusion_score", "deep_fusion_score", "item_id"],
-                            ascending=[True, False, False, True], kind="stable")
-    rows = rows.groupby("query_id", sort=False).head(n_retrieve).reset_index(drop=True)
-    rows["retrieved_rank"] = rows.groupby("query_id", sort=False).cumcount() + 1
-    return rows
+    return deep_table(hits, list(query_ids), runner.item_ids, n_retrieve)
 
 
-def fill_absent(rows: pd.DataFrame, n_retrieve: int) -> pd.DataFrame:
-    """LIGHT columns complete: a channel that did not return the item reads rank n_retrieve + 1 and
-    the query's lowest score in that channel; gaps to the query's best; deep fusion and agreement."""
-    rows = rows.copy()
-    by_query = rows.groupby("query_id", sort=False)
+def deep_table(hits: dict, query_ids: list[str], catalog: np.ndarray, n_retrieve: int) -> pd.DataFrame:
+    """retrieve's table from the channels' hits (CHANNELS -> (ids, scores), each (n_queries, depth),
+    best first): the union of the lists per query, in numpy (it runs on every request). The ranker's
+    fusion reads each list's first DEPTH (pipelines.retrieval.fusion: rank DEPTH + 1 and no fusion
+    score beyond); the deep columns read the whole list (rank n_retrieve + 1 and the query's lowest
+    score in that channel where it is absent)."""
+    n_queries, n_items = len(query_ids), len(catalog)
+    index = pd.Index(catalog)
+    keys, ranks, scores = [], [], []
     for c in CHANNELS:
-        score = rows[f"deep_score_{c}"]
-        present = rows[f"deep_rank_{c}"].notna()
-        rows[f"deep_score_{c}"] = score.fillna(by_query[f"deep_score_{c}"].transform("min")).fillna(0.0)
-        rows[f"deep_gap_{c}"] = by_query[f"deep_score_{c}"].transform("max").fillna(0.0) - rows[f"deep_score_{c}"]
-        rows[f"deep_rank_{c}"] = rows[f"deep_rank_{c}"].where(present, n_retrieve + 1)
-    ranks = rows[[f"deep_rank_{c}" for c in CHANNELS]].to_numpy(np.float64)
-    present = ranks <= n_retrieve
-    rows["deep_fusion_score"] = np.where(present, 1.0 / (RRF_K + ranks), 0.0).sum(axis=1).astype(np.float32)
-    rows["deep_agreement"] = present.sum(axis=1).astype(np.float32)
+        ids, score = hits[c]
+        codes = index.get_indexer(ids.ravel())  # -1: an empty slot
+        valid = codes >= 0
+        query = np.repeat(np.arange(n_queries), ids.shape[1])[valid]
+        keys.append(query * n_items + codes[valid])
+        ranks.append(np.tile(np.arange(1, ids.shape[1] + 1, dtype=np.float32), n_queries)[valid])
+        scores.append(score.ravel().astype(np.float32)[valid])
+    union, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    query, item = union // n_items, union % n_items
+    out = {"query_id": np.asarray(query_ids, dtype=object)[query], "item_id": catalog[item]}
+    deep = np.full((len(union), len(CHANNELS)), n_retrieve + 1, np.float32)
+    start = 0
+    for j, c in enumerate(CHANNELS):
+        at = inverse[start:start + len(keys[j])]
+        start += len(keys[j])
+        deep[at, j] = ranks[j]
+        filled = np.full(len(union), np.nan, np.float32)
+        filled[at] = scores[j]
+        floor, top = np.full(n_queries, np.nan, np.float32), np.full(n_queries, np.nan, np.float32)
+        np.fmin.at(floor, query[at], scores[j])
+        np.fmax.at(top, query[at], scores[j])
+        filled = np.nan_to_num(np.where(np.isnan(filled), floor[query], filled), nan=0.0)
+        out[f"deep_rank_{c}"] = deep[:, j]
+        out[f"deep_score_{c}"] = filled
+        out[f"deep_gap_{c}"] = np.nan_to_num(top[query], nan=0.0) - filled
+    present = deep <= n_retrieve
+    out["deep_fusion_score"] = np.where(present, 1.0 / (RRF_K + deep.astype(np.float64)), 0.0).sum(axis=1).astype(
+        np.float32)
+    out["deep_agreement"] = present.sum(axis=1).astype(np.float32)
+    prior = np.where(deep <= DEPTH, deep, ABSENT).astype(np.int64)
+    for j, c in enumerate(CHANNELS):
+        out[f"rank_{c}"] = prior[:, j]
+    out["fusion_score"] = rrf(prior).astype(np.float32)
+    out["agreement"] = (prior < ABSENT).sum(axis=1).astype(np.int64)
+    by_text = np.argsort(np.argsort(np.asarray(query_ids, dtype=str), kind="stable"))  # query order by id
+    order = np.lexsort((out["item_id"].astype(str), -out["deep_fusion_score"], -out["fusion_score"], by_text[query]))
+    sorted_query = query[order]
+    first = np.r_[0, np.flatnonzero(np.diff(sorted_query)) + 1]
+    place = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+    order = order[place < n_retrieve]
+    rows = pd.DataFrame({name: values[order] for name, values in out.items()})
+    rows["retrieved_rank"] = (place[place < n_retrieve] + 1).astype(np.int64)
     return rows
+
+
+def absent_items(rows: pd.DataFrame, extra: pd.DataFrame, n_retrieve: int) -> pd.DataFrame:
+    """extra (query_id, item_id: items no channel returned for the query) with LIGHT columns as
+    deep_table gives an absent item: rank n_retrieve + 1, the query's lowest score, its gap to the best."""
+    out = extra.copy()
+    by_query = rows.groupby("query_id")
+    for c in CHANNELS:
+        floor = out["query_id"].map(by_query[f"deep_score_{c}"].min()).fillna(0.0).astype(np.float32)
+        top = out["query_id"].map(by_query[f"deep_score_{c}"].max()).fillna(0.0).astype(np.float32)
+        out[f"deep_rank_{c}"] = np.float32(n_retrieve + 1)
+        out[f"deep_score_{c}"] = floor
+        out[f"deep_gap_{c}"] = top - floor
+    out["deep_fusion_score"] = np.float32(0.0)
+    out["deep_agreement"] = np.float32(0.0)
+    return out
 
 
 def training_table(ws: Workspace, config: PrerankDataConfig,
@@ -161,11 +197,7 @@ def random_items(ws: Workspace, rows: pd.DataFrame, queries: pd.DataFrame, confi
         picks = rng.choice(catalog, size=min(len(catalog), 2 * config.random_sample), replace=False)
         picks = [i for i in picks if i not in retrieved.get(qid, ())][:config.random_sample]
         parts.append(pd.DataFrame({"query_id": qid, "item_id": picks}))
-    extra = pd.concat(parts, ignore_index=True).assign(random=True)
-    floors = fill_absent(pd.concat([rows[["query_id", "item_id", *[f"deep_{k}_{c}" for k in ("rank", "score")
-                                                                     for c in CHANNELS]]],
-                                    extra[["query_id", "item_id"]]], ignore_index=True), config.n_retrieve)
-    return floors.iloc[len(rows):].reset_index(drop=True).assign(random=True)
+    return absent_items(rows, pd.concat(parts, ignore_index=True), config.n_retrieve).assign(random=True)
 
 
 def assign_groups(rows: pd.DataFrame, config: PrerankDataConfig) -> pd.Series:
