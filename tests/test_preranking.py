@@ -172,3 +172,23 @@ def test_deep_table_against_a_reference_written_per_query():
     for column in want.columns.drop(["query_id", "item_id"]):
         np.testing.assert_allclose(table[column].to_numpy(np.float64), want[column].to_numpy(np.float64),
                                    rtol=1e-5, atol=1e-6, err_msg=column)
+
+
+def test_the_band_estimated_from_a_sampled_table_is_the_routed_band_of_the_whole_list():
+    """A table holding every candidate at weight 1 gives the routed band itself; thinned, with each
+    kept tail row weighing for those dropped (and random items for none), it gives the same head."""
+    from pipelines.preranking.train import estimated_band
+
+    frame = requests({"q1": 300, "q2": 180, "q3": 120}, seed=5)
+    want, _ = reference_keep(frame, 100, 0.3)
+    whole = estimated_band(frame.assign(list_weight=1.0), frame["light"].to_numpy(), 100, 0.3)
+    assert set(frame.loc[whole, "item_id"]) == want
+    ranked = frame.sort_values(["query_id", "light"], ascending=[True, False])
+    ranked["pos"] = ranked.groupby("query_id").cumcount()
+    tail = ranked["pos"] >= 250  # q1's last 50: keep every fifth, weight 5
+    thinned = ranked[~tail | (ranked["pos"] % 5 == 0)].assign(list_weight=lambda f: np.where(f["pos"] >= 250, 5.0, 1.0))
+    extra = pd.DataFrame({"query_id": "q1", "item_id": ["random-1", "random-2"], "light": [9.0, -9.0],
+                          "strong": 0.0, "list_weight": 0.0})  # outside the list: never in a band
+    thinned = pd.concat([thinned.drop(columns="pos"), extra], ignore_index=True)
+    inside = estimated_band(thinned, thinned["light"].to_numpy(), 100, 0.3)
+    assert set(thinned.loc[inside, "item_id"]) == {i for i in want if i in set(thinned["item_id"])}

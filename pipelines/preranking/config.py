@@ -9,6 +9,7 @@ from pipelines.workspace import ConfigError
 # negative groups, hardest first (data.py says where each comes from); the strong model trains on HARD
 GROUPS = ("exposed", "ranking", "retrieval", "random")
 HARD = ("exposed", "ranking")
+BAND_GROUPS = ("exposed", "ranking", "retrieval")  # the groups a routed band can hold (random items: never)
 TRAINING = ("uniform", "hap")  # one pooled loss | a loss term per negative group, gradient-balanced
 
 
@@ -40,5 +41,7 @@ class PrerankTrainConfig:
     queries_per_batch: int = field(default=32, metadata={"help": "Queries per step (their rows form the lists)"})
     lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate"})
     temperature: float = field(default=0.5, metadata={"help": "InfoNCE temperature"})
+    band_budget: float = field(default=0.3, metadata={
+        "help": "Routing budget whose band is HAP's routed training set for the strong model"})
     seed: int = field(default=0, metadata={"help": "Seed of initialisation and batches"})
 

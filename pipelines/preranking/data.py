@@ -23,8 +23,9 @@ retrieved candidates and random catalog items, each in one group:
 - ranking: among the ranker's N candidates, ranked below `ranking_cut` by the trained ranker;
 - retrieval: retrieved below N (a seeded sample of `retrieval_sample` per query);
 - random: catalog items not retrieved (`random_sample` per query).
-Candidates in none of these (the ranker's top `ranking_cut`, never shown or judged) stay out: their
-label is unknown.
+Candidates in none of these (the ranker's top `ranking_cut`, never shown or judged) are "unlabeled":
+in no loss, kept so the table still holds the whole head of each retrieved list (the routed band is
+estimated from it: train.estimated_band).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ CHANNELS = ("bm25", "dense", "char")
 LIGHT = ([f"deep_rank_{c}" for c in CHANNELS] + [f"deep_score_{c}" for c in CHANNELS]
          + [f"deep_gap_{c}" for c in CHANNELS] + ["deep_fusion_score", "deep_agreement"])
 POSITIVE = "positive"
-LABELS = (POSITIVE, *GROUPS)  # a row's `group`; code = position in LABELS
+LABELS = (POSITIVE, *GROUPS)  # a row's `group` in a loss; code = position in LABELS
+UNLABELED = "unlabeled"  # retrieved, label unknown: in no loss, but in the list the light model ranks
 
 
 def retrieve(runner: ModelRunner, texts, query_ids, model: str, n_retrieve: int,
@@ -168,7 +170,7 @@ def training_table(ws: Workspace, config: PrerankDataConfig,
     rows = rows.merge(shown, on=["query_id", "item_id"], how="left").merge(judged, on=["query_id", "item_id"],
                                                                           how="left")
     rows["group"] = assign_groups(rows, config)
-    rows = sample_retrieval(rows[rows["group"].notna()], config, rng)
+    rows = sample_retrieval(rows, config, rng)
     rows = rows.merge(queries[["query_id", "query_norm", "role"]], on="query_id", how="left")
     rows = popularity_counts(rows, ctx)
 
@@ -181,7 +183,7 @@ def training_table(ws: Workspace, config: PrerankDataConfig,
         entities = rows[["query_id", "item_id"]].assign(event_timestamp=as_of)
         stored = historical_features(store, service, entities).drop(columns=["query_id", "item_id", "event_timestamp"])
         rows = assemble(rows, request, stored)
-    counts = rows["group"].value_counts().reindex(LABELS, fill_value=0)
+    counts = rows["group"].value_counts().reindex([*LABELS, UNLABELED], fill_value=0)
     console.print("pre-ranker data: " + ", ".join(f"{g} {n:,}" for g, n in counts.items()))
     return rows, store_views(store, service)
 
@@ -201,14 +203,14 @@ def random_items(ws: Workspace, rows: pd.DataFrame, queries: pd.DataFrame, confi
 
 
 def assign_groups(rows: pd.DataFrame, config: PrerankDataConfig) -> pd.Series:
-    """Each row's group (module docstring), None where its label is unknown."""
+    """Each row's group (module docstring), UNLABELED where its label is unknown."""
     judged_relevant = rows["relevance"].ge(2.0)
     positive = judged_relevant | rows["clicked"].eq(True)
     exposed = ~positive & (rows["shown"].eq(True) | rows["relevance"].notna())
     random = rows.get("random", pd.Series(False, index=rows.index)).eq(True)
     ranking = ~positive & ~exposed & rows["ranker_rank"].gt(config.ranking_cut)
     retrieval = ~positive & ~exposed & ~random & rows["retrieved_rank"].gt(config.n_keep)
-    group = pd.Series(None, index=rows.index, dtype=object)
+    group = pd.Series(UNLABELED, index=rows.index, dtype=object)
     for name, mask in (("random", ~positive & random), ("retrieval", retrieval), ("ranking", ranking),
                        ("exposed", exposed), (POSITIVE, positive)):  # later wins: the stronger evidence
         group[mask] = name
@@ -216,8 +218,16 @@ def assign_groups(rows: pd.DataFrame, config: PrerankDataConfig) -> pd.Series:
 
 
 def sample_retrieval(rows: pd.DataFrame, config: PrerankDataConfig, rng: np.random.Generator) -> pd.DataFrame:
-    """Keep at most `retrieval_sample` retrieval negatives per query (seeded), every other row."""
+    """Keep at most `retrieval_sample` retrieval negatives per query (seeded), every other row, and
+    `list_weight`: how many rows of the retrieved list the row stands for (a kept retrieval negative,
+    all of its query's retrieval negatives over those kept; a random item, none), so the light model's
+    rank of a row in the whole list can be estimated from the table (train.estimated_band)."""
     draw = pd.Series(rng.random(len(rows)), index=rows.index)
-    order = draw.where(rows["group"] == "retrieval").groupby(rows["query_id"]).rank(method="first")
-    keep = (rows["group"] != "retrieval") | (order <= config.retrieval_sample)
+    retrieval = rows["group"] == "retrieval"
+    order = draw.where(retrieval).groupby(rows["query_id"]).rank(method="first")
+    keep = ~retrieval | (order <= config.retrieval_sample)
+    total = retrieval.groupby(rows["query_id"]).transform("sum")
+    kept = (retrieval & keep).groupby(rows["query_id"]).transform("sum")
+    weight = np.where(retrieval, total / kept.clip(lower=1), np.where(rows["group"] == "random", 0.0, 1.0))
+    rows = rows.assign(list_weight=weight.astype(np.float64))
     return rows[keep].sort_values(["query_id", "item_id"]).reset_index(drop=True)

@@ -13,9 +13,12 @@
      negatives do not drown the easy ones (our reading of HAP's gradient-harmonized contrastive
      learning; arXiv 2603.03770).
    Uniformly, both models train on every group. HAP's light model trains on every group, its strong
-   one on the hard groups (config.HARD) only: it only ever sees the candidates the light model could
-   not settle. "Strong everywhere" (the reference HAP is held to) is the uniform strong model, trained
-   on everything it will score.
+   one on the hard rows only, said two ways: the hard groups (config.HARD: exposed, ranking), or the
+   rows the HAP light model would route at `band_budget` (estimated_band: its rank in the whole list,
+   estimated from the table's sampling weights; groups exposed, ranking, retrieval) plus every
+   positive. The one whose calib per-query AUC inside the routed band is higher is HAP's strong model
+   (both figures in preranker.json). "Strong everywhere" (the reference HAP is held to) is the
+   uniform strong model, trained on everything it will score.
 4. Conflict probe, both ways of training: every PROBE_EVERY steps, each group's loss gradient on the
    trunk; their pairwise cosines and norms go to preranker.json and conflict.png.
 5. After each epoch, the calib queries' mean per-query AUC (positives vs the model's negative
@@ -35,9 +38,10 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipelines.preranking.config import GROUPS, HARD, TRAINING, PrerankDataConfig, PrerankTrainConfig
+from pipelines.preranking.config import BAND_GROUPS, GROUPS, HARD, TRAINING, PrerankDataConfig, PrerankTrainConfig
 from pipelines.preranking.data import LABELS, LIGHT, POSITIVE, training_table
 from pipelines.preranking.model import SHAPES, Scorer
+from pipelines.preranking.route import band
 from pipelines.preranking.store import PrerankerFiles, scores
 from pipelines.ranking.features import FeatureSpec, drop_query_features
 from pipelines.ranking.train import out_of_query_popularity
@@ -56,31 +60,49 @@ def train_preranker(ws: Workspace, name: str, data: PrerankDataConfig, config: P
     calib = rows[rows["role"] == "calib"].reset_index(drop=True)
     specs = {"light": FeatureSpec.fit(fit, {}, request=LIGHT), "strong": FeatureSpec.fit(fit, views)}
     models, history, conflict = {}, {}, {}
-    for kind in ("light", "strong"):
-        for training in TRAINING:
-            groups = HARD if (kind, training) == ("strong", "hap") else GROUPS
-            keep = [POSITIVE, *groups]
-            key = f"{kind}-{training}"
-            model, history[key], conflict[key] = train_one(
-                fit[fit["group"].isin(keep)], calib[calib["group"].isin(keep)], specs[kind], kind, groups,
-                training, config, console)
-            models[key] = model
+
+    def fit_model(key: str, kind: str, training: str, groups: tuple[str, ...], fit_rows, calib_rows) -> None:
+        keep = [POSITIVE, *groups]
+        models[key], history[key], conflict[key] = train_one(
+            fit_rows[fit_rows["group"].isin(keep)], calib_rows[calib_rows["group"].isin(keep)], specs[kind], kind,
+            groups, training, config, console, label=key)
+
+    for training in TRAINING:
+        fit_model(f"light-{training}", "light", training, GROUPS, fit, calib)
+    fit_model("strong-uniform", "strong", "uniform", GROUPS, fit, calib)
+    bands = {role: estimated_band(part, scores(models["light-hap"], specs["light"], part), data.n_keep,
+                                  config.band_budget) for role, part in (("fit", fit), ("calib", calib))}
+    positive = {role: (part["group"] == POSITIVE).to_numpy() for role, part in (("fit", fit), ("calib", calib))}
+    fit_model("strong-hap-groups", "strong", "hap", HARD, fit, calib)
+    fit_model("strong-hap-band", "strong", "hap", BAND_GROUPS, fit[bands["fit"] | positive["fit"]],
+              calib[bands["calib"] | positive["calib"]])
+    in_band = calib[bands["calib"] & calib["group"].isin([POSITIVE, *BAND_GROUPS]).to_numpy()]
+    in_band = drop_query_features(in_band, specs["strong"], 1.0, config.seed)  # as dev is served
+    band_auc = {key: round(mean_query_auc(in_band, scores(models[key], specs["strong"], in_band)), 4)
+                for key in ("strong-uniform", "strong-hap-groups", "strong-hap-band")}
+    chosen = max(("strong-hap-groups", "strong-hap-band"), key=band_auc.get)
+    console.print(f"calib per-query AUC inside the routed band (budget {config.band_budget:g}): {band_auc}; "
+                  f"HAP's strong model: {chosen}")
+    models["strong-hap"] = models[chosen]
+    saved = {key: models[key] for key in ("light-uniform", "light-hap", "strong-uniform", "strong-hap")}
     files = PrerankerFiles.of(ws, name)
     meta = {"name": name, "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
             "data": asdict(data), "train": asdict(config), "shapes": {k: asdict(v) for k, v in SHAPES.items()},
             "rows": {role: part["group"].value_counts().reindex(LABELS, fill_value=0).to_dict()
                      for role, part in (("fit", fit), ("calib", calib))},
+            "strong_hap": {"chosen": chosen, "calib_band_auc": band_auc, "band_budget": config.band_budget,
+                           "calib_band_rows": len(in_band)},
             "history": history, "conflict_summary": {k: conflict_summary(v) for k, v in conflict.items()},
             "conflict": conflict,
             "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads()}
-    files.save(models, specs, meta)
+    files.save(saved, specs, meta)
     plot_conflict(conflict, files.root / "conflict.png")
     console.print(f"pre-ranker {name!r} saved in {files.root} ({meta['seconds']:.0f} s)")
     return {**meta, "root": str(files.root)}
 
 
 def train_one(fit: pd.DataFrame, calib: pd.DataFrame, spec: FeatureSpec, kind: str, groups: tuple[str, ...],
-              training: str, config: PrerankTrainConfig, console: Console) -> tuple[Scorer, list, list]:
+              training: str, config: PrerankTrainConfig, console: Console, label: str) -> tuple[Scorer, list, list]:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = Scorer(len(spec.inputs), SHAPES[kind])
@@ -98,7 +120,7 @@ def train_one(fit: pd.DataFrame, calib: pd.DataFrame, spec: FeatureSpec, kind: s
         order = rng.permutation(len(bounds))
         model.train()
         with Progress(*columns, console=console) as bar:
-            task = bar.add_task(f"{kind} ({training}) epoch {epoch + 1}/{config.epochs}", total=len(order))
+            task = bar.add_task(f"{label} epoch {epoch + 1}/{config.epochs}", total=len(order))
             for start in range(0, len(order), config.queries_per_batch):
                 idx, qcodes = batch_rows(bounds, order[start:start + config.queries_per_batch])
                 s = model(x[idx])
@@ -115,12 +137,30 @@ def train_one(fit: pd.DataFrame, calib: pd.DataFrame, spec: FeatureSpec, kind: s
                 bar.advance(task, len(order[start:start + config.queries_per_batch]))
         auc = mean_query_auc(calib_new, scores(model, spec, calib_new))
         history.append({"epoch": epoch + 1, "calib_auc": round(auc, 4)})
-        console.print(f"{kind} ({training}) epoch {epoch + 1}: calib per-query AUC {auc:.4f}")
+        console.print(f"{label} epoch {epoch + 1}: calib per-query AUC {auc:.4f}")
         if auc > best[0]:
             best = (auc, {k: v.clone() for k, v in model.state_dict().items()})
     model.load_state_dict(best[1])
     model.eval()
     return model, history, conflict
+
+
+def estimated_band(rows: pd.DataFrame, light: np.ndarray, n_keep: int, budget: float) -> np.ndarray:
+    """Bool per row: inside the band routing would send to the strong model at `budget`, by the light
+    score's rank in the whole retrieved list, estimated from the table (each row counts for its
+    `list_weight` rows: sampled retrieval negatives for all of their group, random items for none)."""
+    weight = rows["list_weight"].to_numpy(np.float64)
+    codes, _ = pd.factorize(rows["query_id"])
+    order = np.lexsort((rows["item_id"].astype(str).to_numpy(), -light, codes))
+    w, c = weight[order], codes[order]
+    cum = np.cumsum(w)
+    start = np.r_[0, np.flatnonzero(np.diff(c)) + 1]
+    before = cum - w - np.repeat(np.r_[0.0, cum[start[1:] - 1]], np.diff(np.r_[start, len(c)]))
+    size = np.bincount(codes, weights=weight)[c]
+    lo, width = band(np.round(size).astype(np.int64), n_keep, budget)
+    inside = np.zeros(len(rows), bool)
+    inside[order] = (before >= lo) & (before < lo + width) & (w > 0)
+    return inside
 
 
 def query_bounds(rows: pd.DataFrame) -> np.ndarray:
@@ -235,7 +275,7 @@ def plot_conflict(conflict: dict[str, list], path) -> None:
             continue
         steps = [p["step"] for p in probes]
         cosine, share = zip(*(hard_easy(p) for p in probes))
-        style = "-" if key.endswith("hap") else "--"
+        style = "-" if "hap" in key else "--"
         axes[0].plot(steps, cosine, style, marker=".", label=key)
         axes[1].plot(steps, share, style, marker=".", label=key)
     axes[0].set(title="cosine of hard- vs easy-group gradients on the trunk\n(HAP's strong: exposed vs ranking)",
