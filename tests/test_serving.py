@@ -569,7 +569,12 @@ def test_prerank_trains_both_ways_and_each_variant_hands_the_ranker_its_share(ws
     assert result.exit_code == 0, result.output
     root = ws.models_dir / "prerankers" / "preranker"
     meta = json.loads((root / "preranker.json").read_text())
-    assert sorted(meta["history"]) == ["light-hap", "light-uniform", "strong-hap", "strong-uniform"]
+    assert sorted(meta["history"]) == ["light-hap", "light-uniform", "strong-hap-band", "strong-hap-groups",
+                                       "strong-uniform"]
+    assert sorted(p.stem for p in root.glob("*.pt")) == ["light-hap", "light-uniform", "strong-hap", "strong-uniform"]
+    choice = meta["strong_hap"]
+    assert choice["calib_band_auc"][choice["chosen"]] == max(choice["calib_band_auc"][k] for k in
+                                                             ("strong-hap-groups", "strong-hap-band"))
     assert all(meta["rows"]["fit"][g] > 0 for g in ("positive", "exposed", "ranking", "retrieval", "random"))
     assert (root / "conflict.png").stat().st_size > 10_000
     out = tmp_path / "prerank"

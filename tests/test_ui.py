@@ -84,7 +84,8 @@ def test_help_lists_commands_in_pipeline_order():
     out = CliRunner().invoke(app, ["--help"], terminal_width=200).output
     panel = out[out.index("Commands"):].splitlines()[1:]
     names = [line.strip("│ ").split()[0] for line in panel if line.startswith("│ ") and line[2] != " "]
-    assert names == ["ingest", "signals", "apply", "materialize", "dataset", "train", "index", "rank", "engagement",
+    assert names == ["ingest", "signals", "apply", "materialize", "dataset", "train", "index", "rank", "prerank",
+                     "engagement",
                      "serve", "ui", "eval", "ab", "consistency", "demo"]
 
 

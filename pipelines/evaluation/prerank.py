@@ -37,7 +37,7 @@ def variants(budgets) -> list[dict]:
     out = [{"variant": "no pre-ranking (fusion order)", "light": None, "strong": None, "budget": None},
            {"variant": "light everywhere", "light": "light-hap", "strong": None, "budget": 0.0},
            {"variant": "strong everywhere", "light": "light-uniform", "strong": "strong-uniform", "budget": 1.0},
-           {"variant": "strong everywhere, HAP's strong (hard groups only)", "light": "light-hap",
+           {"variant": "strong everywhere, HAP's strong model", "light": "light-hap",
             "strong": "strong-hap", "budget": 1.0}]
     for b in budgets:
         out.append({"variant": f"uniform, budget {b:g}", "light": "light-uniform", "strong": "strong-uniform",
