@@ -38,6 +38,7 @@ def run(a: argparse.Namespace) -> dict:
 
     from pipelines.evaluation.judgments import from_lake
     from pipelines.preranking.data import retrieve
+    from pipelines.preranking.route import band
     from pipelines.preranking.stage import Prerank
     from pipelines.ranking.search import SearchStack
     from pipelines.workspace import Workspace
@@ -67,7 +68,7 @@ def run(a: argparse.Namespace) -> dict:
             stage.select(rows, n_keep)
             cpu[name].append(cpu_seconds() - c0)
             wall[name].append(time.perf_counter() - w0)
-            strong_scored[name].append(int(stage.budget * len(rows)) if len(rows) > n_keep else 0)  # route.band
+            strong_scored[name].append(int(band(np.array([len(rows)]), n_keep, stage.budget)[1][0]))
     warm = slice(min(3, len(queries) - 1), None)  # the first requests load models and warm caches
     strong_ms = 1000 * float(np.mean(cpu["strong everywhere"][warm]))
     table = []

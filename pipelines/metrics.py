@@ -125,3 +125,14 @@ def evaluate(run: dict[str, dict[str, float]], judgments: pd.DataFrame) -> dict:
         "per_query": per_query,
         "queries": len(per_query),
     }
+
+
+def query_auc(queries: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Mean over queries (with both classes present) of the AUC of `scores` among that query's items:
+    how well a score orders one query's results, which is all a ranking uses of it; None when no
+    query has both classes."""
+    from sklearn.metrics import roc_auc_score
+
+    frame = pd.DataFrame({"q": queries, "y": labels, "s": scores})
+    aucs = [roc_auc_score(g["y"], g["s"]) for _, g in frame.groupby("q") if g["y"].nunique() == 2]
+    return float(np.mean(aucs)) if aucs else None

@@ -24,12 +24,12 @@ import pandas as pd
 from feast import FeatureService, FeatureStore
 from feast.errors import FeatureServiceNotFoundException
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 
 from pipelines.features.dataset import build_dataset, definitions_hash
 from pipelines.features.repo import feature_store
 from pipelines.index.blend import MODEL_SCORE, Blend, fit_transform, raw_inputs, standardize
 from pipelines.index.store import LoadedIndex, load_encoder, load_index
+from pipelines.metrics import query_auc
 from pipelines.modeling.encoder import Encoder
 from pipelines.workspace import Workspace
 
@@ -84,12 +84,10 @@ def model_scores(encoder: Encoder, loaded: LoadedIndex, rows: pd.DataFrame) -> n
     return np.einsum("ij,ij->i", queries, items).astype(np.float64)
 
 
-def query_auc(queries: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Mean over queries (with both classes judged) of the AUC of `scores` among that query's items:
-    how well the score orders one query's results, which is all a ranking uses of it."""
-    frame = pd.DataFrame({"q": queries, "y": labels, "s": scores})
-    aucs = [roc_auc_score(g["y"], g["s"]) for _, g in frame.groupby("q") if g["y"].nunique() == 2]
-    return round(float(np.mean(aucs)), 4) if aucs else None
+def rounded_query_auc(queries: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """metrics.query_auc to four decimals, as blend.json records it."""
+    auc = query_auc(queries, labels, scores)
+    return None if auc is None else round(auc, 4)
 
 
 def fit_blend(ws: Workspace, index_dir: Path, as_of: pd.Timestamp | None = None) -> Blend:
@@ -132,8 +130,8 @@ def fit_blend(ws: Workspace, index_dir: Path, as_of: pd.Timestamp | None = None)
               "created": pd.Timestamp.now(tz="UTC").isoformat()}
     for split, (split_raw, split_labels, split_queries) in sets.items():
         fitted[f"{split}_rows"], fitted[f"{split}_positives"] = len(split_labels), int(split_labels.sum())
-        fitted[f"{split}_query_auc"] = query_auc(split_queries, split_labels, blend.logits_raw(split_raw))
-        fitted[f"{split}_query_auc_model_score"] = query_auc(split_queries, split_labels, split_raw[:, 0])
+        fitted[f"{split}_query_auc"] = rounded_query_auc(split_queries, split_labels, blend.logits_raw(split_raw))
+        fitted[f"{split}_query_auc_model_score"] = rounded_query_auc(split_queries, split_labels, split_raw[:, 0])
     blend = replace(blend, fitted=fitted)
     blend.save(loaded.path)
     return blend

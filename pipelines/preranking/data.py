@@ -34,17 +34,13 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from pipelines.features.pit import historical_features
-from pipelines.features.repo import feature_store
 from pipelines.metrics import DEPTH
 from pipelines.preranking.config import GROUPS, PrerankDataConfig
 from pipelines.ranking.config import RankerDataConfig
-from pipelines.ranking.data import SERVICE, engagement_labels, popularity_counts
-from pipelines.ranking.features import assemble, pair_features, store_views
+from pipelines.ranking.data import engagement_labels, popularity_counts, ranker_features
 from pipelines.ranking.search import SearchStack
 from pipelines.retrieval import search_all
 from pipelines.retrieval.fusion import ABSENT, RRF_K, rrf
-from pipelines.retrieval.pair_features import PairScorer
 from pipelines.retrieval.runner import ModelRunner
 from pipelines.signals.spec import SignalContext
 from pipelines.signals.training import training_judgments, training_queries
@@ -174,18 +170,10 @@ def training_table(ws: Workspace, config: PrerankDataConfig,
     rows = rows.merge(queries[["query_id", "query_norm", "role"]], on="query_id", how="left")
     rows = popularity_counts(rows, ctx)
 
-    with console.status(f"features of {len(rows):,} rows: request-time pairs and point-in-time store"):
-        items = ws.lake.read("items")
-        scorer = PairScorer(stack.runner.fused_channels(stack.candidate_model), items)
-        request = pair_features(scorer, rows)
-        store = feature_store(ws)
-        service = store.get_feature_service(SERVICE)
-        entities = rows[["query_id", "item_id"]].assign(event_timestamp=as_of)
-        stored = historical_features(store, service, entities).drop(columns=["query_id", "item_id", "event_timestamp"])
-        rows = assemble(rows, request, stored)
+    rows, views = ranker_features(ws, stack.runner, stack.candidate_model, rows, as_of, console)
     counts = rows["group"].value_counts().reindex([*LABELS, UNLABELED], fill_value=0)
     console.print("pre-ranker data: " + ", ".join(f"{g} {n:,}" for g, n in counts.items()))
-    return rows, store_views(store, service)
+    return rows, views
 
 
 def random_items(ws: Workspace, rows: pd.DataFrame, queries: pd.DataFrame, config: PrerankDataConfig,

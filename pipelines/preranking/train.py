@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pipelines.metrics import query_auc
 from pipelines.preranking.config import BAND_GROUPS, GROUPS, HARD, TRAINING, PrerankDataConfig, PrerankTrainConfig
 from pipelines.preranking.data import LABELS, LIGHT, POSITIVE, training_table
 from pipelines.preranking.model import SHAPES, Scorer
@@ -230,15 +231,9 @@ def gradient_probe(model: Scorer, losses: dict[str, torch.Tensor], step: int) ->
 
 
 def mean_query_auc(rows: pd.DataFrame, score: np.ndarray) -> float:
-    """Mean over queries with both classes of P(a positive outscores a negative)."""
-    frame = pd.DataFrame({"q": rows["query_id"].to_numpy(), "y": (rows["group"] == POSITIVE).to_numpy(),
-                          "s": score})
-    aucs = []
-    for _, g in frame.groupby("q", sort=False):
-        pos, neg = g.loc[g["y"], "s"].to_numpy(), g.loc[~g["y"], "s"].to_numpy()
-        if len(pos) and len(neg):
-            aucs.append((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
-    return float(np.mean(aucs)) if aucs else float("nan")
+    """metrics.query_auc of the positives against the rows' negatives; NaN when no query has both."""
+    auc = query_auc(rows["query_id"].to_numpy(), (rows["group"] == POSITIVE).to_numpy(), score)
+    return float("nan") if auc is None else auc
 
 
 def hard_easy(probe: dict) -> tuple[float, float]:

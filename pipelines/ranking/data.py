@@ -110,15 +110,7 @@ def build_table(ws: Workspace, config: RankerDataConfig, console: Console) -> tu
     rows = rows.sort_values(["query_id", "fusion_score", "item_id"], ascending=[True, False, True],
                             na_position="last").reset_index(drop=True)
 
-    with console.status("request-time pair features"):
-        scorer = PairScorer(runner.fused_channels(config.candidates), items)
-        request = pair_features(scorer, rows)
-    store = feature_store(ws)
-    service = store.get_feature_service(SERVICE)
-    with console.status("point-in-time store features"):
-        entities = rows[["query_id", "item_id"]].assign(event_timestamp=as_of)
-        stored = historical_features(store, service, entities).drop(columns=["query_id", "item_id", "event_timestamp"])
-    rows = assemble(rows, request, stored)
+    rows, views = ranker_features(ws, runner, config.candidates, rows, as_of, console)
 
     judged = training_judgments(ctx, queries).groupby(["query_id", "item_id"], as_index=False)["relevance"].mean()
     rows = rows.merge(judged, on=["query_id", "item_id"], how="left")
@@ -129,7 +121,23 @@ def build_table(ws: Workspace, config: RankerDataConfig, console: Console) -> tu
     console.print(f"ranker data: {len(rows):,} rows, {int(known.sum()):,} human-graded, "
                   f"{int((~known & rows[TEACHER[0]].notna()).sum()):,} teacher-labelled, "
                   f"{int(rows[[f'position_{log}' for log in LOGS]].notna().any(axis=1).sum()):,} shown pairs")
-    return rows, store_views(store, service)
+    return rows, views
+
+
+def ranker_features(ws: Workspace, runner: ModelRunner, candidates: str, rows: pd.DataFrame, as_of: pd.Timestamp,
+                    console: Console) -> tuple[pd.DataFrame, dict]:
+    """rows (query_id, item_id, query_norm, ...) with the ranker's inputs as of `as_of`: request-time pair
+    features over the candidate model's channels and the `ranking` service point-in-time; and the
+    service's views (features.store_views). The pre-ranker's strong model reads the same."""
+    with console.status(f"request-time pair features of {len(rows):,} rows"):
+        scorer = PairScorer(runner.fused_channels(candidates), ws.lake.read("items"))
+        request = pair_features(scorer, rows)
+    store = feature_store(ws)
+    service = store.get_feature_service(SERVICE)
+    with console.status("point-in-time store features"):
+        entities = rows[["query_id", "item_id"]].assign(event_timestamp=as_of)
+        stored = historical_features(store, service, entities).drop(columns=["query_id", "item_id", "event_timestamp"])
+    return assemble(rows, request, stored), store_views(store, service)
 
 
 def popularity_counts(rows: pd.DataFrame, ctx: SignalContext) -> pd.DataFrame:
