@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/unisup demo $(DEMO_ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # Every script runs even if one fails; make fails if any did. BENCH_ARGS=--quick: a smoke run of
 # each on tiny data, JSON to $TMPDIR/unisup-bench-quick/ (benchmarks/results/ keeps the committed figures).

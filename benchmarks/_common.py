@@ -1,9 +1,11 @@
-"""Helpers shared by the benchmarks: a private redis-server, per-measurement subprocesses with
-their own peak RSS, latency summaries, JSON results, a rich table and the exit status.
+"""Helpers shared by the benchmarks: a private redis-server or Redis Cluster, per-measurement
+subprocesses with their own peak RSS, latency summaries, JSON results, a rich table and the exit status.
 
 Benchmarks never touch the machine's shared Redis on 6379: each starts its own server on a
 free loopback port and stops it on exit, unless --redis names one to use instead (the tests pass
-theirs). Each measured path runs in its own child process so the peak RSS reported belongs to that
+theirs); a cluster is always private (PrivateRedisCluster).
+
+Each measured path runs in its own child process so the peak RSS reported belongs to that
 path: the child's own VmHWM, which it writes at exit. (Not os.wait4's ru_maxrss: Linux carries the
 parent's high-water mark across the vfork + exec that starts the child, so every child would report
 at least the parent's peak; ru_maxrss is only the fallback for a child killed before it wrote.)
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import platform
@@ -46,6 +49,7 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 STDERR_LINES = 20  # lines of a failed child's stderr kept in its row
 QUICK_DIR = Path(tempfile.gettempdir()) / "unisup-bench-quick"  # where --quick writes its JSON by default
 PEAK_FILE_ENV = "UNISUP_BENCH_PEAK_FILE"  # run_child -> child: where to write its peak RSS at exit
+LOAD_AT_START = os.getloadavg()  # before the script's own work: what else the machine was doing
 
 
 def _write_peak_rss(path: str) -> None:
@@ -61,20 +65,29 @@ if _peak_file := os.environ.pop(PEAK_FILE_ENV, None):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports (held together while chosen, so none comes back twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 class PrivateRedis:
-    """A throwaway redis-server on loopback (no persistence); use as a context manager."""
+    """A throwaway redis-server on loopback (no persistence); use as a context manager. `args` add
+    to its command line (cluster mode: PrivateRedisCluster)."""
 
-    def __init__(self, workdir: Path | None = None):
+    def __init__(self, workdir: Path | None = None, args: Sequence[str] = (), port: int | None = None):
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found (apt-get install redis-server)")
-        self.binary, self.host, self.port = binary, "127.0.0.1", free_port()
+        self.binary, self.host, self.port = binary, "127.0.0.1", port or free_port()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="bench_redis_"))
+        self.args = list(args)
         self.proc: subprocess.Popen | None = None
 
     def url(self, db: int = 0) -> str:
@@ -89,15 +102,17 @@ class PrivateRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             "--appendonly", "no", "--dir", str(self.workdir), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         for _ in range(200):
             if self.proc.poll() is not None:
                 break
-            try:
-                redis.Redis(port=self.port, socket_connect_timeout=1).ping()
+            try:  # no retries of its own: redis-py's default backoff would wait a second per attempt
+                redis.Redis(port=self.port, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)).ping()
                 return self
             except redis.ConnectionError:
                 time.sleep(0.05)
@@ -118,6 +133,66 @@ class PrivateRedis:
 
     def used_memory_mb(self) -> float:
         return self.client().info("memory")["used_memory"] / 2**20
+
+
+class PrivateRedisCluster:
+    """A throwaway Redis Cluster on loopback: `masters` PrivateRedis nodes in cluster mode, no
+    replicas, joined by `redis-cli --cluster create` (tests/test_redis_cluster.py's Cluster without
+    TLS or ACL); use as a context manager. CPU and memory are summed over the masters."""
+
+    def __init__(self, workdir: Path | None = None, masters: int = 3):
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="bench_redis_cluster_"))
+        ports = free_ports(2 * masters)  # each master's client port and cluster bus port
+        self.nodes = [PrivateRedis(self.workdir / f"node{i}",
+                                   ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                    "--cluster-port", str(ports[2 * i + 1]), "--cluster-node-timeout", "1000"],
+                                   port=ports[2 * i])
+                      for i in range(masters)]
+
+    def url(self, db: int = 0) -> str:
+        _database_0(db)
+        return "redis+cluster://" + ",".join(f"{n.host}:{n.port}" for n in self.nodes)
+
+    def client(self, db: int = 0):
+        """A redis-py RedisCluster (flushdb and scan_iter reach every master; dbsize and info do not)."""
+        from redis.cluster import ClusterNode, RedisCluster
+
+        _database_0(db)
+        return RedisCluster(startup_nodes=[ClusterNode(n.host, n.port) for n in self.nodes])
+
+    def __enter__(self) -> Self:
+        try:
+            for node in self.nodes:
+                node.__enter__()
+            subprocess.run(["redis-cli", "--cluster", "create", *(f"{n.host}:{n.port}" for n in self.nodes),
+                            "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            deadline = time.monotonic() + 20
+            while not all(n.client().cluster("info")["cluster_state"] == "ok" for n in self.nodes):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster did not reach cluster_state:ok")
+                time.sleep(0.1)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for node in self.nodes:
+            node.__exit__()
+
+    def cpu_seconds(self) -> float:
+        return sum(n.cpu_seconds() for n in self.nodes)
+
+    def used_memory_mb(self) -> float:
+        return sum(n.used_memory_mb() for n in self.nodes)
+
+    def dbsize(self) -> int:
+        return sum(n.client().dbsize() for n in self.nodes)
+
+
+def _database_0(db: int) -> None:
+    if db:
+        raise ValueError(f"database {db}: a Redis Cluster has database 0 only")
 
 
 class ExistingRedis(PrivateRedis):
@@ -153,32 +228,45 @@ def parse_or_run_child(ap: argparse.ArgumentParser, child: Callable[..., dict], 
     return a
 
 
-def run_child(script: Path, args: Sequence[str], timeout: float = 1800) -> dict:
+def run_child(script: Path, args: Sequence[str], timeout: float = 1800, max_rss_mb: float | None = None) -> dict:
     """Run `script --child ARGS` in a fresh interpreter; its last stdout line (JSON) plus its own
     peak RSS. Reaped with wait4 only (Popen.wait would reap first and lose the rusage).
 
-    A child that exits non-zero, times out or prints no JSON gives {"error": "<why>: <last line of
-    its stderr>", "stderr_tail": [its last STDERR_LINES lines], "peak_rss_mb"} instead."""
+    A child that exits non-zero or prints no JSON gives {"error": "<why>: <last line of its stderr>",
+    "stderr_tail": [its last STDERR_LINES lines], "peak_rss_mb"} instead; so does one stopped for
+    taking over `timeout` seconds or, given `max_rss_mb`, for holding more than that resident
+    together with the processes it started (Ray's, say: checked every half second; shared pages
+    count once per process, so this errs early), with the reason alone as its error. A stopped
+    child is killed with every process it started, before the machine has to."""
     # files, not pipes: a chatty child never blocks
     out_sink, err_sink = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115
     peak_file = Path(tempfile.mkdtemp(prefix="bench_child_")) / "peak_kib"
     proc = subprocess.Popen([sys.executable, str(script), "--child", *args], stdout=out_sink, stderr=err_sink,
                             env={**os.environ, "PYTHONPATH": str(ROOT), PEAK_FILE_ENV: str(peak_file)})
-    deadline, why = time.monotonic() + timeout, None
+    started = checked = time.monotonic()
+    why = None
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
             break
-        if time.monotonic() > deadline:
-            proc.kill()
+        if time.monotonic() > started + timeout:
+            why = f"timed out after {timeout:.0f}s"
+        elif max_rss_mb and time.monotonic() - checked > 0.5:
+            checked = time.monotonic()
+            if (held := _tree_rss_mb(proc.pid)) > max_rss_mb:
+                why = (f"stopped after {checked - started:.0f}s at {held:,.0f} MB resident with its child "
+                       f"processes (limit {max_rss_mb:,.0f} MB)")
+        if why:
+            _kill_tree(proc.pid)
             _, _, usage = os.wait4(proc.pid, 0)
-            proc.returncode, why = -9, f"timed out after {timeout:.0f}s"
+            proc.returncode = -9
             break
         time.sleep(0.05)
     out, err = (_read(sink) for sink in (out_sink, err_sink))
     peak = round((int(peak_file.read_text()) if peak_file.exists() else usage.ru_maxrss) / 1024, 1)  # KiB
     shutil.rmtree(peak_file.parent, ignore_errors=True)
+    stopped = why is not None  # its stderr's last line says what it was doing, not why it ended
     if why is None and proc.returncode != 0:
         why = f"exit {proc.returncode}"
     if why is None:
@@ -187,20 +275,50 @@ def run_child(script: Path, args: Sequence[str], timeout: float = 1800) -> dict:
         except (IndexError, ValueError):
             why, err = "no JSON on stdout", err + out
     if why is not None:
-        reason = error_line(err)
+        reason = None if stopped else error_line(err)
         return {"error": f"{why}: {reason}" if reason else why, "peak_rss_mb": peak,
                 "stderr_tail": [line for line in err.splitlines() if line.strip()][-STDERR_LINES:]}
     result["peak_rss_mb"] = peak
     return result
 
 
+def _tree(pid: int) -> list:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Resident MB of process `pid` and its descendants (each process's RSS, summed)."""
+    import psutil
+
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL process `pid` and every process it started (descendants first, listed before any dies)."""
+    import psutil
+
+    for p in reversed(_tree(pid)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
 def run_path(script: Path, args: Sequence[str], child: Callable[..., dict] | None = None,
-             timeout: float = 1800) -> dict:
+             timeout: float = 1800, max_rss_mb: float | None = None) -> dict:
     """One measured path: `script --child ARGS` in a fresh interpreter (run_child), or, given
     `child` (--quick), child(*ARGS) in this process, which measures no peak RSS of its own
-    (peak_rss_mb None). A failure is a row with "error" and "stderr_tail" either way."""
+    (peak_rss_mb None) and has neither limit. A failure is a row with "error" and "stderr_tail" either way."""
     if child is None:
-        return run_child(script, args, timeout)
+        return run_child(script, args, timeout, max_rss_mb)
     try:
         return {**child(*map(str, args)), "peak_rss_mb": None}
     except Exception:  # noqa: BLE001 - a failed path is a row of the report, as a child's exit is
@@ -240,16 +358,35 @@ def latency_summary(seconds: Iterable[float]) -> dict:
             "p99_ms": round(float(np.percentile(ms, 99)), 3), "mean_ms": round(float(ms.mean()), 3)}
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (/proc/cpuinfo), where the figures come from."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+
+
 def machine() -> dict:
-    """Where the figures come from; load average matters on a shared 2-core box."""
+    """Where the figures come from; load average matters on a shared 2-core box: the 1/5/15-minute
+    load when the script started and at its end, and a note (`shared`) when the machine was not idle
+    at the start."""
     import feast
     import redis
 
     server = subprocess.run([shutil.which("redis-server") or "redis-server", "--version"],
                             capture_output=True, text=True, check=False).stdout.strip()
-    return {"cpus": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()],
+    shared = {"shared": shared_note(LOAD_AT_START[0], os.cpu_count())} if LOAD_AT_START[0] >= 0.5 else {}
+    return {"cpus": os.cpu_count(), "cpu_model": cpu_model(),
+            "load_avg_at_start": [round(x, 2) for x in LOAD_AT_START],
+            "load_avg": [round(x, 2) for x in os.getloadavg()], **shared,
             "python": platform.python_version(), "feast": feast.__version__,
             "redis_py": redis.__version__, "redis_server": server, "platform": platform.platform()}
+
+
+def shared_note(load: float, cpus: int | None) -> str:
+    return (f"load {load:.2f} on {cpus} CPUs when the run started (other work, or what an earlier run left in the "
+            "1-minute average): times are slower and noisier than on an idle machine")
 
 
 def add_run_args(ap: argparse.ArgumentParser, name: str, quick: str, redis: bool = True) -> None:
@@ -312,3 +449,70 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[obje
     for row in rows:
         table.add_row(*(f"{v:,.1f}" if isinstance(v, float) else "-" if v is None else str(v) for v in row))
     Console(width=max(Console().width, 140)).print(table)
+
+
+class ProcessTree:
+    """Memory and CPU of this process's descendants, sampled from /proc every `every` seconds on a
+    thread while in the `with` block (and on each `cpu_seconds` call). With a local Ray those are
+    Ray's processes: gcs_server, the raylet (which holds the object store) and its workers and actors
+    ("ray::..." process titles). Ray's own memory reporting needs its dashboard, which ray_session
+    leaves off, hence /proc.
+
+    Per worker the kernel's high-water mark VmHWM (a process that exits keeps the last one read; it
+    counts the object-store pages the worker mapped); over all processes, the largest sum of RssAnon
+    at one sample (private memory, each page once: shared object-store pages are not in it)."""
+
+    def __init__(self, every: float = 0.2, worker_title: bytes = b"ray::"):
+        import threading
+
+        self.every, self.stop, self.lock = every, threading.Event(), threading.Lock()
+        self.worker_title = worker_title  # the process titles counted as workers (ray::MapWorker: actors)
+        self.worker_hwm: dict[int, int] = {}  # pid -> VmHWM, KiB
+        self.cpu: dict[int, float] = {}  # pid -> user + sys seconds, last read
+        self.anon_sum = 0  # KiB
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ProcessTree:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.sample()
+
+    def sample(self) -> None:
+        import psutil
+
+        tick, anon = os.sysconf("SC_CLK_TCK"), 0
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                stat = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                title = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:  # exited since listed
+                continue
+            kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in status.splitlines())
+                   if k in ("VmHWM", "RssAnon")}
+            with self.lock:
+                self.cpu[proc.pid] = (int(stat[11]) + int(stat[12])) / tick  # utime, stime
+                if title.startswith(self.worker_title):
+                    self.worker_hwm[proc.pid] = max(self.worker_hwm.get(proc.pid, 0), kib.get("VmHWM", 0))
+            anon += kib.get("RssAnon", 0)
+        with self.lock:
+            self.anon_sum = max(self.anon_sum, anon)
+
+    def cpu_seconds(self) -> float:
+        """CPU the descendants have used so far (an exited one's up to its last sample)."""
+        self.sample()
+        with self.lock:
+            return sum(self.cpu.values())
+
+    def summary(self) -> dict:
+        with self.lock:
+            return {"ray_workers_seen": len(self.worker_hwm),
+                    "ray_worker_peak_rss_mb": round(max(self.worker_hwm.values(), default=0) / 1024, 1),
+                    "ray_private_sum_peak_mb": round(self.anon_sum / 1024, 1)}

@@ -27,7 +27,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import add_run_args, cpu_seconds, finish, machine, output_path, print_table, write_json
-from benchmarks.bench_online import cpu_model
 
 warnings.filterwarnings("ignore")  # Feast's experimental-ODFV notices
 TARGET_CPU_SHARE = 0.30  # HAP's pre-ranking CPU / strong everywhere's
@@ -85,7 +84,7 @@ def run(a: argparse.Namespace) -> dict:
             "torch_threads": torch.get_num_threads(), "variants": table,
             "target": {"cpu_share_of_strong": TARGET_CPU_SHARE,
                        "met_at_budgets": [r["variant"] for r in hap if r["cpu_vs_strong"] <= TARGET_CPU_SHARE]},
-            "machine": {**machine(), "cpu_model": cpu_model()}}
+            "machine": machine()}
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from pipelines.evaluation.offline import EvalConfig
 from pipelines.index.build import IndexConfig
 from pipelines.preranking.config import PrerankDataConfig, PrerankTrainConfig
 from pipelines.ranking.config import RankerDataConfig, RankerTrainConfig
+from pipelines.ray_data import RayDataConfig
 from pipelines.settings import Settings
 from pipelines.training.config import DataConfig, TargetConfig, TrainConfig
 from pipelines.workspace import HOMEDEPOT, PROJECT_ROOT, ConfigError, Workspace, masked
@@ -188,15 +189,21 @@ def signals_build_cmd(
     only: list[str] | None = typer.Option(None, help="Only these signals (repeatable)"),
     seed: int = typer.Option(0),
     as_of: str | None = typer.Option(None, help="Snapshot time of the run (default: today)"),
+    engine: str | None = typer.Option(None, help="duckdb | ray: with ray, model passes (catalog and query "
+                                                 "encoding, the teacher's cross-encoder) run on a Ray Data actor "
+                                                 "pool (ray_* settings), same tables (default: the offline setting)"),
 ) -> None:
     """Run every registered producer and write its table where its feature view reads it."""
     from pipelines.features.produce import build_signals
+    from pipelines.features.repo import ray_session
     from pipelines.signals.spec import SignalContext
 
     ws = writing(ctx)
+    with friendly_errors():
+        ws = with_engine(ws, engine)
     sctx = SignalContext(lake=ws.lake, as_of=_as_of(as_of), seed=seed, quick=quick,
-                         work_dir=ws.cache_dir)
-    with friendly_errors(), console.status("producing signals") as status:
+                         work_dir=ws.cache_dir, ray=producer_pool(ctx, ws))
+    with friendly_errors(), ray_session(ws), console.status("producing signals") as status:
         build_signals(ws, sctx, only=only, on_done=lambda name, path, n, s: status.console.print(
             f"  {name}: {n:,} rows in {s:.0f} s -> {path}"))
     console.print(f"rows and seconds per signal -> {ws.cache_dir / 'signals_build.json'}")
@@ -236,6 +243,12 @@ def with_engine(ws: Workspace, engine: str | None) -> Workspace:
     if engine not in ("duckdb", "ray"):
         raise ConfigError(f"--engine {engine!r}: expected duckdb or ray")
     return replace(ws, offline=engine)
+
+
+def producer_pool(ctx: typer.Context, ws: Workspace) -> RayDataConfig | None:
+    """Where producers run their model passes: on a Ray Data actor pool of the ray_* settings when the
+    workspace's engine is Ray (the command holds a ray_session), else in-process (None)."""
+    return ctx.obj.ray_data if ws.offline.startswith("ray") else None
 
 
 @app.command("apply")
@@ -500,7 +513,9 @@ def demo_cmd(
     from pipelines.demo import run_demo
 
     with friendly_errors(ctx.obj.online):
-        ok = run_demo(writing(ctx), console, quick=quick, synthetic=synthetic or not HOMEDEPOT.exists())
+        ws = writing(ctx)
+        ok = run_demo(ws, console, quick=quick, synthetic=synthetic or not HOMEDEPOT.exists(),
+                      ray=producer_pool(ctx, ws))
     raise typer.Exit(0 if ok else 1)
 
 

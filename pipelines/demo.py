@@ -10,20 +10,23 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.ray_data import RayDataConfig
 from pipelines.workspace import HOMEDEPOT, Workspace, masked
 
 
 def run_demo(ws: Workspace, console: Console, quick: bool = False, synthetic: bool = False,
-             seed: int = 0) -> bool:
+             seed: int = 0, ray: RayDataConfig | None = None) -> bool:
     """Ingest, produce signals, apply, materialize, build a training set, check consistency, read
-    online features, build an index and show search results; returns False if the stores disagree."""
+    online features, build an index and show search results; returns False if the stores disagree.
+
+    `ray`: the producers' model passes on a Ray Data actor pool (the workspace's engine is Ray)."""
     from pipelines.features.consistency import check_consistency
     from pipelines.features.dataset import build_dataset
     from pipelines.features.entities import sample_entities
     from pipelines.features.materialize import materialize
     from pipelines.features.online import OnlineFeatures
     from pipelines.features.produce import build_signals
-    from pipelines.features.repo import apply
+    from pipelines.features.repo import apply, ray_session
     from pipelines.signals.spec import SignalContext
 
     as_of = pd.Timestamp.now(tz="UTC").normalize()
@@ -47,8 +50,13 @@ def run_demo(ws: Workspace, console: Console, quick: bool = False, synthetic: bo
         report = step("ingest Home Depot", lambda: ingest_homedepot(
             HOMEDEPOT / "judgments.csv", HOMEDEPOT / "products.csv", ws.lake, as_of))
         console.print(f"  rejected rows: {report.judgments.rejects_by_reason or 'none'}")
-    ctx = SignalContext(lake=ws.lake, as_of=as_of, seed=seed, quick=quick, work_dir=ws.cache_dir)
-    built = step("signals build", lambda: build_signals(ws, ctx))
+    ctx = SignalContext(lake=ws.lake, as_of=as_of, seed=seed, quick=quick, work_dir=ws.cache_dir, ray=ray)
+
+    def produce() -> dict:
+        with ray_session(ws):  # a no-op unless the engine is Ray
+            return build_signals(ws, ctx)
+
+    built = step("signals build", produce)
     for name, r in built.items():
         console.print(f"  {name}: {r['rows']:,} rows in {r['seconds']:.0f} s")
     step("apply", lambda: apply(ws))

@@ -8,12 +8,14 @@ from the field descriptions here, so a setting is described once.
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from pipelines.ray_data import RayDataConfig
 from pipelines.workspace import (
     DEFAULT_REPO,
     OFFLINE_STORES,
@@ -28,6 +30,12 @@ ENV_PREFIX = "UNISUP_"
 FILE_ENV = "UNISUP_CONFIG"
 EncoderRuntime = Literal["torch", "onnx", "openvino"]  # pipelines/modeling/runtime.py runs the last two
 ENCODER_RUNTIMES: tuple[str, ...] = get_args(EncoderRuntime)
+
+
+def _ray_help(name: str) -> str:
+    """A ray_* setting's description: its RayDataConfig field's help, stated once there."""
+    spec = next(f for f in fields(RayDataConfig) if f.name == name)
+    return f"Ray engine's producer passes (signals build): {spec.metadata['help']}"
 
 
 def available_cores() -> int:
@@ -45,9 +53,10 @@ class Settings(BaseSettings):
                                               "rediss://... (TLS), redis+cluster://HOST:PORT[,HOST:PORT...] or "
                                               "rediss+cluster://... (Redis Cluster)")
     repo: Path = Field(DEFAULT_REPO, description="Feature repo dir (the signal registry and services)")
-    offline: str = Field("duckdb", description=f"Offline store and batch engine of apply, materialize and dataset "
-                                               f"build: {' | '.join(OFFLINE_STORES)} (ray: Feast's Ray store and "
-                                               f"engine on a local Ray the command starts; ray://: a Ray cluster)")
+    offline: str = Field("duckdb", description=f"Offline store and batch engine of apply, materialize, dataset "
+                                               f"build and signals build: {' | '.join(OFFLINE_STORES)} (ray: Feast's "
+                                               f"Ray store and engine on a local Ray the command starts; "
+                                               f"ray:HOST:PORT, ray:auto: join a running Ray cluster)")
     threads: PositiveInt = Field(default_factory=available_cores,
                                  description="torch threads of training and batch inference (default: all cores)")
     index: Path | None = Field(None, description="Index dir to serve (default: the newest in WORKSPACE/indexes)")
@@ -77,6 +86,10 @@ class Settings(BaseSettings):
                                                                 "(missing or stale views)")
     admin_reload: bool = Field(False, description="Enable POST /admin/reload (loopback clients only): load an "
                                                   "index / ranker beside the serving ones and switch to them")
+    ray_actors: PositiveInt = Field(RayDataConfig.actors, description=_ray_help("actors"))
+    ray_cpus_per_actor: PositiveFloat = Field(RayDataConfig.cpus_per_actor, description=_ray_help("cpus_per_actor"))
+    ray_batch_size: PositiveInt = Field(RayDataConfig.batch_size, description=_ray_help("batch_size"))
+    ray_min_rows: NonNegativeInt = Field(RayDataConfig.min_rows, description=_ray_help("min_rows"))
 
     @field_validator("online")
     @classmethod
@@ -113,6 +126,12 @@ class Settings(BaseSettings):
             value = masked(err["input"]) if name == "online" and isinstance(err.get("input"), str) else err.get("input")
             raise ConfigError(f"setting {name} = {value!r}: {err['msg']} "
                               f"(flag, {ENV_PREFIX}{name.upper()} or {FILE_ENV})") from None
+
+    @property
+    def ray_data(self) -> RayDataConfig:
+        """The actor pool of the producers' model passes when the engine is Ray (pipelines.ray_data)."""
+        return RayDataConfig(actors=self.ray_actors, cpus_per_actor=self.ray_cpus_per_actor,
+                             batch_size=self.ray_batch_size, min_rows=self.ray_min_rows)
 
     @property
     def encoder_threads(self) -> int:

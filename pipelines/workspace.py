@@ -41,22 +41,45 @@ EXPECTED_ONLINE = ("expected 'sqlite' or 'redis://[USER:PASSWORD@]HOST:PORT[/DB]
                    f"options ?{'|'.join(URL_OPTIONS)}=VALUE)")
 
 
-OFFLINE_STORES = ("duckdb", "ray", "ray://HOST:PORT")
+OFFLINE_STORES = ("duckdb", "ray", "ray:HOST:PORT", "ray:auto")
 # Feast's Ray offline store and Ray compute engine, their gaps closed in pipelines.features.ray_store
 RAY_OFFLINE_STORE = "pipelines.features.ray_store.RayOfflineStore"
 RAY_ENGINE = "pipelines.features.ray_store.RayComputeEngine"
 
 
+def ray_address(offline: str) -> str | None:
+    """The Ray cluster a Ray offline setting joins: None for 'ray' (a local Ray the command starts),
+    HOST:PORT for 'ray:HOST:PORT' (a running cluster's GCS address), 'auto' for 'ray:auto' (the
+    cluster of this node, or RAY_ADDRESS: what a command launched by `ray job submit` sees).
+
+    The command runs as a driver on a machine that reaches every node of the cluster. Ray Client
+    (ray://HOST:PORT) is refused rather than failing mid-command: Ray Data, which Feast's Ray store
+    reads every view with, does not run over it (Ray 2.60: "'Worker' object has no attribute
+    'core_worker'", ray-project/ray#48682, where Ray's maintainers point to job submission)."""
+    if offline == "ray":
+        return None
+    if offline.startswith("ray://"):
+        raise ConfigError(f"offline store {offline!r}: Ray Client (ray://) cannot run Ray Data, which Feast's Ray "
+                          f"store reads with; run the command on a node of the cluster (e.g. `ray job submit -- "
+                          f"unisup ...`) with offline ray:auto, or give the GCS address as ray:HOST:PORT")
+    address = offline.removeprefix("ray:")
+    host, _, port = address.rpartition(":")
+    if not offline.startswith("ray:") or not (address == "auto" or (host and port.isdigit())):
+        raise ConfigError(f"offline store {offline!r}: expected one of {', '.join(OFFLINE_STORES)}")
+    return address
+
+
 def offline_store_config(offline: str, root: Path) -> dict:
-    """Feast's offline_store and batch_engine blocks from 'duckdb', 'ray' (a local Ray the command
-    starts, pipelines.features.ray_store.ray_session) or 'ray://HOST:PORT' (a Ray cluster).
+    """Feast's offline_store and batch_engine blocks from 'duckdb' or a Ray setting (ray_address):
+    'ray' starts a local Ray for the command (pipelines.features.ray_store.ray_session), the others
+    join a cluster.
 
     With Ray, Feast's Ray compute engine materializes: one writer at a time, as SQLite needs."""
     if offline == "duckdb":
         return {"offline_store": {"type": "duckdb"}}
-    if offline != "ray" and not (offline.startswith("ray://") and offline.removeprefix("ray://").count(":") == 1):
+    if not offline.startswith("ray"):
         raise ConfigError(f"offline store {offline!r}: expected one of {', '.join(OFFLINE_STORES)}")
-    address = None if offline == "ray" else offline
+    address = ray_address(offline)
     return {"offline_store": {"type": RAY_OFFLINE_STORE, "storage_path": str(root / "ray_storage"),
                               "ray_address": address},
             "batch_engine": {"type": RAY_ENGINE, "ray_address": address, "write_concurrency": 1}}
@@ -160,7 +183,7 @@ class Workspace:
     root: Path
     online: str = "sqlite"
     repo_dir: Path = DEFAULT_REPO
-    offline: str = "duckdb"  # or ray / ray://HOST:PORT: offline_store_config
+    offline: str = "duckdb"  # or ray, ray:HOST:PORT, ray:auto: ray_address
 
     @property
     def lake(self) -> Lake:

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,12 +63,16 @@ def assert_rows(rows: list[dict], key: str, expected: list) -> None:
 
 
 def test_bench_materialize_quick(tmp_path, redis_server):
+    """Beside the given server, the script's own 3-master cluster: the same writers, the same keys."""
     data = run_quick("bench_materialize.py", tmp_path / "materialize.json", redis_server)
-    assert_rows(data["runs"], "label", ["ours, dedup on, empty Redis", "ours, dedup on, all rows already stored",
-                                        "ours, dedup off (initial load)", "ours, dedup on, Feast's subset",
-                                        "plain Feast store.materialize"])
+    single = ["ours, dedup on, empty Redis", "ours, dedup on, all rows already stored",
+              "ours, dedup off (initial load)", "ours, dedup on, Feast's subset", "plain Feast store.materialize"]
+    on_cluster = [single[0], single[1], single[2], single[4]]
+    assert_rows(data["runs"], "label", single + [f"cluster: {label}" for label in on_cluster])
     assert all("seconds" in r for r in data["runs"])
-    assert data["byte_identical_to_feast"]["identical"] is True
+    assert [r["written"] for r in data["runs"][5:8]] == [data["rows"], 0, data["rows"]]
+    assert data["same_content"] and all(c["identical"] for c in data["same_content"].values())
+    assert set(data["cluster_over_single"]["rows_per_s"]) == set(on_cluster)
 
 
 def test_bench_sqlite_quick(tmp_path):
@@ -91,20 +96,28 @@ def test_bench_encoder_quick(tmp_path, tmp_path_factory):
 
 def test_bench_dataset_quick(tmp_path):
     data = run_quick("bench_dataset.py", tmp_path / "dataset.json")
-    assert_rows(data["runs"], "engine", ["pit", "feast"])
-    assert all(len(r["seconds"]) >= 1 and r["rows"] == data["shape"]["entity_rows"] for r in data["runs"])
-    assert data["feast_over_pit"]["rows"] == data["shape"]["entity_rows"]
+    assert_rows(data["runs"], "engine", ["pit", "ray", "feast"])
+    assert all(len(r["seconds"]) >= 1 and r["rows"] == data["shape"]["sizes"][0] for r in data["runs"])
+    ray = data["runs"][1]
+    assert ray["workers"] == 2 and ray["ray_workers_seen"] >= 1 and ray["ray_worker_peak_rss_mb"] > 0
+    assert data["feast_over_pit"]["rows"] == data["shape"]["sizes"][0]
+    assert set(data["by_size"][str(ray["rows"])]["best_seconds"]) == {"pit", "ray-2", "feast"}
+
+
+ONLINE_PATHS = ["ours -> DataFrame", "ours -> dict of columns", "Feast get_online_features().to_df()"]
+ONLINE_LABELS = ONLINE_PATHS + [f"cluster: {label}" for label in ONLINE_PATHS]  # a server, then a 3-master cluster
 
 
 def test_bench_online_quick(tmp_path, redis_server):
     data = run_quick("bench_online.py", tmp_path / "online.json", redis_server)
-    labels = ["ours -> DataFrame", "ours -> dict of columns", "Feast get_online_features().to_df()"]
-    assert_rows(data["runs"], "label", labels)
-    assert set(data["all_rounds"]) == set(labels)
+    assert_rows(data["runs"], "label", ONLINE_LABELS)
+    assert set(data["all_rounds"]) == set(ONLINE_LABELS)
     assert [r for rounds in data["all_rounds"].values() for r in rounds if r.get("error")] == []
     assert all(r["calls"] == data["iterations"] for r in data["runs"])
     assert "gate_udf_p50_ms" in data["runs"][0]  # the gate ran on its real inputs
-    assert data["equal_to_feast"] is True
+    assert data["equal_to_feast"] == {"single": True, "cluster": True}
+    assert data["redis_keys"]["cluster"] == data["redis_keys"]["single"]
+    assert set(data["cluster_target"]["met"]) == set(ONLINE_LABELS[3:])
 
 
 def test_bench_online_ranker_online_quick(tmp_path, redis_server):
@@ -113,10 +126,10 @@ def test_bench_online_ranker_online_quick(tmp_path, redis_server):
                      "--batch", "200")
     assert data["service"] == "ranker_online" and data["batch"] == 200
     assert data["entity_keys"] == ["query_id", "item_id", "brand", "user_id"]
-    assert_rows(data["runs"], "label", ["ours -> DataFrame", "ours -> dict of columns",
-                                        "Feast get_online_features().to_df()"])
+    assert_rows(data["runs"], "label", ONLINE_LABELS)
     assert all(r["calls"] == data["iterations"] for r in data["runs"])
-    assert data["equal_to_feast"] is True and set(data["target"]["met"]) == {r["label"] for r in data["runs"]}
+    assert data["equal_to_feast"] == {"single": True, "cluster": True}
+    assert set(data["target"]["met"]) == set(ONLINE_LABELS)
 
 
 @pytest.mark.slow  # ~90 s on 2 shared cores: a real MiniLM, a BentoML server, Feast
@@ -174,6 +187,28 @@ def test_a_failed_child_shows_its_exception_and_the_run_exits_1(tmp_path, capsys
         common.finish(tmp_path / "out.json", failed, [row])
     assert exit_.value.code == 1
     assert "KeyError: 'grade_p2'" in capsys.readouterr().err
+
+
+def test_a_child_over_its_memory_limit_is_stopped_with_the_processes_it_started(tmp_path):
+    common = load_common()
+    script, pid_file = tmp_path / "child.py", tmp_path / "grandchild.pid"
+    script.write_text("import subprocess, sys, time\n"
+                      f"p = subprocess.Popen(['sleep', '60'])\nopen({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+                      "ballast = bytearray(300 * 2**20)\ntime.sleep(60)\n")
+    row = common.run_child(script, [], timeout=50, max_rss_mb=200)
+    assert row["error"].startswith("stopped after ") and "(limit 200 MB)" in row["error"]
+    grandchild, deadline = int(pid_file.read_text()), time.monotonic() + 5
+    while running(grandchild):
+        assert time.monotonic() < deadline, "the child's own child outlived it"
+        time.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """Process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_a_quick_path_that_raises_is_a_failed_row(tmp_path):

@@ -1,22 +1,27 @@
-"""`--engine ray`: Feast's Ray offline store and compute engine against the duckdb engine.
+"""`--engine ray`: Feast's Ray offline store and compute engine against the duckdb engine, and the
+producers' model passes on Ray Data against the in-process ones.
 
 One local Ray for the module (2 CPUs, as a command starts it). Point-in-time sets from Feast's
 get_historical_features on the Ray store must equal the duckdb engine's frame exactly, dtypes
 included, on test_pit's tables; a hypothesis property checks the rules (TTL, ties on created,
 nothing from the future) against the same plain-Python oracle; materializing through Feast's Ray
-compute engine must leave the same online rows as the duckdb workspace's writer.
+compute engine must leave the same online rows as the duckdb workspace's writer. The teacher's
+labelling pass and catalog / query encoding on a Ray Data actor pool (pipelines.ray_data) must give
+the in-process labels and vectors exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import faiss
 import numpy as np
 import pandas as pd
 import pytest
 from feast import FeatureService
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 from test_pit import T0, distinct_created, engagement, entity_rows, oracle, random_view, stamp
 
 from pipelines.atomic import write_parquet
@@ -26,28 +31,43 @@ from pipelines.features.pit import historical_features
 from pipelines.features.produce import conform, view_schema
 from pipelines.features.ray_store import ray_session
 from pipelines.features.repo import apply, feature_store
-from pipelines.signals.spec import table_path
+from pipelines.ingest.synthetic import generate_synthetic
+from pipelines.lake import Lake
+from pipelines.modeling.ray_encoder import RayEncoder
+from pipelines.ray_data import RayDataConfig
+from pipelines.retrieval import build_channels, search_all, shared_encoder
+from pipelines.retrieval.dense import DenseChannel
+from pipelines.retrieval.pair_features import PairScorer
+from pipelines.signals.spec import SignalContext, table_path
+from pipelines.signals.teacher_labels import fitted_teacher
+from pipelines.teacher.cascade import TeacherConfig
 from pipelines.workspace import Workspace
 
-from conftest import copy_repo
+from conftest import AS_OF, copy_repo
 
 PROPERTY = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """One applied workspace, read by both engines, and a local Ray for the module."""
+def local_ray(tmp_path_factory):
+    """The module's one local Ray, started as a command starts it (ray_session: 2 CPUs, loopback)."""
+    with ray_session(Workspace(root=tmp_path_factory.mktemp("ray_session"), offline="ray")):
+        yield
+
+
+@pytest.fixture(scope="module")
+def repo(local_ray, tmp_path_factory):
+    """One applied workspace, read by both engines."""
     root = tmp_path_factory.mktemp("ray")
     ws = Workspace(root=root / "ws", repo_dir=copy_repo(root / "repo"), offline="ray")
-    with ray_session(ws):
-        contents = apply(ws)
-        ray_store = feature_store(ws)
-        duck = feature_store(replace(ws, offline="duckdb"))
-        # one view only, for the properties: the rules are per view, and each view costs a Ray read
-        ray_store.apply([FeatureService(name="engagement_only",
-                                        features=[ray_store.get_feature_view("engagement_stats")])])
-        views = {s.name: ray_store.get_feature_view(s.name) for s in contents.signals}
-        yield ws, duck, ray_store, views
+    contents = apply(ws)
+    ray_store = feature_store(ws)
+    duck = feature_store(replace(ws, offline="duckdb"))
+    # one view only, for the properties: the rules are per view, and each view costs a Ray read
+    ray_store.apply([FeatureService(name="engagement_only",
+                                    features=[ray_store.get_feature_view("engagement_stats")])])
+    views = {s.name: ray_store.get_feature_view(s.name) for s in contents.signals}
+    return ws, duck, ray_store, views
 
 
 def write(ws: Workspace, views: dict, frames: dict[str, pd.DataFrame]) -> None:
@@ -150,3 +170,60 @@ def test_materialize_through_ray_engine(repo, tmp_path):
         reads[offline] = store.get_online_features(features=store.get_feature_service("retriever_online"),
                                                    entity_rows=rows).to_df()
     pd.testing.assert_frame_equal(reads["ray"], reads["duckdb"])
+
+
+# every pass on the pool, cut into several blocks per actor, whatever its size
+POOL = RayDataConfig(actors=2, batch_size=64, min_rows=0)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """A quick teacher fitted in-process on a small synthetic lake, the lake's items and the pairs
+    the producer labels."""
+    import torch
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("teacher")
+    lake = Lake(root / "lake")
+    generate_synthetic(lake, n_items=300, n_queries=90, seed=3, as_of=AS_OF)
+    ctx = SignalContext(lake=lake, as_of=AS_OF, quick=True, work_dir=root / "work")
+    teacher, pairs, _, _ = fitted_teacher(ctx, TeacherConfig.quick(), Console(stderr=True))
+    return teacher, lake.read("items"), pairs
+
+
+def test_teacher_labels_on_ray_data_equal_in_process(local_ray, teacher_run):
+    """The labelling pass with the Ray engine (the features' query encoding and the cross-encoder over
+    the escalated pairs on the pool) gives the in-process labels exactly: same stages, same
+    probabilities bit for bit, because the actors run the batches the in-process pass runs. bfloat16
+    is forced on for the cross-encoder whatever this CPU's default: padding moves it most. Each side
+    gets a fresh scorer, so both encode the same queries in one call (a scorer that fitted the teacher
+    remembers the fit's query vectors, and float32 ones move by ~1e-7 with their batch-mates)."""
+    teacher, items, pairs = teacher_run
+    teacher.cross_encoder.bf16 = True
+    local = teacher.label(pairs, PairScorer(build_channels(items), items), max_pairs=300)
+    on_ray = teacher.label(pairs, PairScorer(build_channels(items, ray=POOL), items), max_pairs=300, ray=POOL)
+    assert (local["stage2"] == 2).sum() == 300
+    for key in ("stage1", "probs1", "stage2", "probs2"):
+        np.testing.assert_array_equal(on_ray[key], local[key], err_msg=key)
+
+
+def test_chunked_search_on_ray_data_equals_in_process(local_ray, teacher_run):
+    """A chunked batch search (the prior's candidate table: search_all) encodes its queries on the pool
+    in one pass, chunk by chunk as in-process search encodes them, and gives the same hits exactly,
+    bfloat16 on whatever this CPU's default. The encoder keeps its fingerprint, so embedding caches and
+    indexes keep their keys. (A whole-input pass, the catalog's, is the one-chunk case: the teacher
+    test runs it, float32.)"""
+    _, items, _ = teacher_run
+    local = replace(shared_encoder(), bf16=True)
+    on_ray = RayEncoder.of(local, POOL)
+    assert on_ray.fingerprint() == local.fingerprint()
+    titles = items["title"].astype(str).tolist()
+    vectors = local.encode(titles)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    queries = [f"{t.split()[0]} {t.split()[-1]}".lower() for t in titles[:150]]
+    hits = {name: search_all({"dense": DenseChannel(encoder, index, items["item_id"].to_numpy())}, queries,
+                             k=10, chunk=32, progress=False)[0]["dense"]
+            for name, encoder in (("local", local), ("ray", on_ray))}
+    np.testing.assert_array_equal(hits["ray"][0], hits["local"][0])
+    np.testing.assert_array_equal(hits["ray"][1], hits["local"][1])

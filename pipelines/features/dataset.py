@@ -194,5 +194,13 @@ def _lineage(ws: Workspace, store: FeatureStore, fs: FeatureService, rows: pd.Da
         "rows": len(df),
         "null_rate": {f: round(float(df[f].isna().mean()), 6) for f in features if f in df.columns},
         "engine": engine,
+        "ray_gcs_address": _ray_gcs_address() if engine == "ray" else None,
         "created": datetime.now(UTC).isoformat(),
     }
+
+
+def _ray_gcs_address() -> str:
+    """The Ray cluster that joined the set (its GCS address): a local Ray's, or the cluster's."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address

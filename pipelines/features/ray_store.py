@@ -42,7 +42,6 @@ import math
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,9 +67,11 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
 from feast.utils import _get_column_names
+from ray.data import DataContext
 
+from pipelines import ray_data
 from pipelines.features import pit
-from pipelines.workspace import Workspace
+from pipelines.workspace import Workspace, ray_address
 
 LOCAL_CPUS = 2  # the local Ray a command starts: this machine's share, not every core
 LOCAL_OBJECT_STORE = 512 << 20  # bytes; Ray spills to its temp dir beyond this
@@ -118,9 +119,10 @@ class RayComputeEngine(FeastRayComputeEngine):
 
 
 @contextmanager
-def ray_session(ws: Workspace) -> Iterator[None]:
+def ray_session(ws: Workspace, cpus: int = LOCAL_CPUS) -> Iterator[None]:
     """Ray for the duration of one command when the workspace's offline store is Ray: a local Ray
-    capped to LOCAL_CPUS on loopback, or a connection to the cluster at ws.offline (ray://HOST:PORT).
+    capped to `cpus` (LOCAL_CPUS) on loopback, or this process joined as a driver to the cluster the
+    setting names (pipelines.workspace.ray_address).
 
     Started here rather than by Feast, whose local start takes every core and no memory cap. A Ray
     already running in this process (a test fixture, a notebook) is used as it is and left running."""
@@ -133,14 +135,14 @@ def ray_session(ws: Workspace) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
-    if ws.offline != "ray":
-        ray.init(address=ws.offline, **quiet)
-        temp = None
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+    address, temp = ray_address(ws.offline), None
+    if address:
+        ray.init(address=address, **quiet)
     else:
         temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-        ray.init(num_cpus=LOCAL_CPUS, object_store_memory=LOCAL_OBJECT_STORE, _memory=LOCAL_MEMORY,
-                 _temp_dir=temp, _node_ip_address="127.0.0.1", **quiet)
+        ray.init(num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE, _memory=LOCAL_MEMORY,
+                 _temp_dir=temp, _node_ip_address="127.0.0.1", include_dashboard=False, **quiet)
     try:
         yield
     finally:
@@ -151,14 +153,11 @@ def ray_session(ws: Workspace) -> Iterator[None]:
 
 def quiet_ray() -> None:
     """Silence what Ray Data and Feast's Ray store say on every call and a user cannot act on:
-    progress bars, the dataset logger, Feast's schema-validation chatter."""
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False
-    for name in ("ray", "ray.data", "feast.infra.offline_stores.contrib.ray_offline_store",
-                 "feast.infra.compute_engines.ray", "feast.infra.ray_initializer"):
+    Ray Data's (pipelines.ray_data.quiet_ray) and Feast's schema-validation chatter."""
+    ray_data.quiet_ray()
+    for name in ("feast.infra.offline_stores.contrib.ray_offline_store", "feast.infra.compute_engines.ray",
+                 "feast.infra.ray_initializer"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="ray")
 
 
 @dataclass(frozen=True)
@@ -197,7 +196,15 @@ class RayOfflineStore(feast_ray.RayOfflineStore):
         ets = pit._micros(pa.chunked_array([pa.array(columns[ts_col])]))
         # one view's read at a time (Ray Data reads started together only pile up workers on a small
         # node); its join tasks run while the next view is read
-        running = [(r, _submit(store, config, r, ent, ets)) for r in reads]
+        # Ray 2.60's parquet reader (datasource V2) starts 32 footer-reading actors per read: 160
+        # processes for the `training` service's five views, ~1 s a view against 0.01-0.07 s for pyarrow
+        # (benchmarks/bench_dataset.py). V1 reads the same rows without them; set for these reads only.
+        context = DataContext.get_current()
+        v2, context.use_datasource_v2 = context.use_datasource_v2, False
+        try:
+            running = [(r, _submit(store, config, r, ent, ets)) for r in reads]
+        finally:
+            context.use_datasource_v2 = v2
         for r, refs in running:
             columns.update(_collect(r, refs))
         job = feast_ray.RayRetrievalJob(pd.DataFrame(columns, copy=False),

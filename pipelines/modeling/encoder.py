@@ -64,6 +64,22 @@ def minilm_dir() -> Path:
     return path
 
 
+def length_batches(lengths: Sequence[int], batch_size: int, chunk: int | None = None) -> list[np.ndarray]:
+    """The batches a length-sorted pass runs, as index arrays in run order: rows sorted by length
+    (stably) within each run of `chunk` rows (the whole input when None), then cut every batch_size.
+
+    The one plan of `Encoder.encode` (chunk None), of chunked searches (one encode per chunk) and of
+    CrossEncoder.predict: a batch is padded to its longest row, which moves the outputs, so a pass
+    that must give the same outputs elsewhere (Ray Data, pipelines.ray_data) runs these batches."""
+    lengths = np.asarray(lengths)
+    chunk = chunk or max(len(lengths), 1)
+    out = []
+    for start in range(0, len(lengths), chunk):
+        order = start + np.argsort(lengths[start:start + chunk], kind="stable")
+        out += [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return out
+
+
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean of the token vectors over real tokens (padding excluded), in hidden's dtype: how
     all-MiniLM-L6-v2 was trained to pool. (B, T, H), (B, T) -> (B, H)."""
@@ -160,13 +176,11 @@ class Encoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        order = np.argsort([len(t) for t in texts], kind="stable")
         show = len(texts) >= PROGRESS_FROM if progress is None else progress
         model = self.inference_model()
         with torch.inference_mode(), Progress(disable=not show, transient=True) as bar:
             task = bar.add_task("encoding", total=len(texts))
-            for start in range(0, len(texts), batch_size):
-                idx = order[start:start + batch_size]
+            for idx in length_batches([len(t) for t in texts], batch_size):
                 out[idx] = self._embed(model, [texts[i] for i in idx]).numpy()
                 bar.advance(task, len(idx))
         return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 if TYPE_CHECKING:
     from pipelines.modeling.encoder import Encoder
+    from pipelines.ray_data import RayDataConfig
 
 Hits = tuple[np.ndarray, np.ndarray]  # ids (n, k) object; scores (n, k) float32
 MISSING = ""  # id of an empty slot
@@ -63,15 +64,20 @@ def shared_encoder(path: Path | None = None) -> Encoder:
     return Encoder.load(path)
 
 
-def build_channels(items: pd.DataFrame, cache_dir: Path | None = None,
-                   encoder_path: Path | None = None) -> dict[str, Channel]:
-    """The three channels over one catalog, in CHANNELS order (dense embeddings cached in cache_dir)."""
+def build_channels(items: pd.DataFrame, cache_dir: Path | None = None, encoder_path: Path | None = None,
+                   ray: RayDataConfig | None = None) -> dict[str, Channel]:
+    """The three channels over one catalog, in CHANNELS order (dense embeddings cached in cache_dir).
+
+    With `ray` (a producer on the Ray engine), the dense channel's encoder is a RayEncoder: the catalog,
+    batch searches and the pair features' query vectors are encoded on a Ray Data actor pool, with
+    the same vectors and cache keys."""
+    from pipelines.modeling.ray_encoder import RayEncoder
     from pipelines.retrieval.bm25 import BM25Channel
     from pipelines.retrieval.chars import CharChannel
     from pipelines.retrieval.dense import DenseChannel
 
     ids, titles = items["item_id"].astype(str).to_numpy(), items["title"].astype(str).tolist()
-    encoder = shared_encoder(encoder_path)
+    encoder = shared_encoder(encoder_path) if ray is None else RayEncoder.of(shared_encoder(encoder_path), ray)
     return {
         "bm25": BM25Channel.build(ids, titles),
         "dense": DenseChannel.build(ids, titles, encoder, cache_dir=cache_dir),
@@ -91,12 +97,20 @@ def search_all(channels: dict[str, Channel], queries: Sequence[str], k: int = 10
         for name, channel in channels.items():
             task = bar.add_task(f"{name} top-{k}", total=len(queries))
             start, parts = time.perf_counter(), []
-            for i in range(0, len(queries), chunk):
-                parts.append(channel.search(queries[i:i + chunk], k=k))
-                bar.advance(task, len(parts[-1][0]))
+            for part in _chunked(channel, queries, k, chunk):
+                parts.append(part)
+                bar.advance(task, len(part[0]))
             seconds[name] = time.perf_counter() - start
             if parts:
                 hits[name] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
             else:
                 hits[name] = (np.empty((0, k), dtype=object), np.empty((0, k), dtype=np.float32))
     return hits, seconds
+
+
+def _chunked(channel: Channel, queries: list[str], k: int, chunk: int) -> Iterator[Hits]:
+    """The channel's top-k of each run of `chunk` queries, by its own search_chunks where it has one
+    (the dense channel: one encoding pass on Ray Data for the whole run)."""
+    if hasattr(channel, "search_chunks"):
+        return channel.search_chunks(queries, k, chunk)
+    return (channel.search(queries[i:i + chunk], k=k) for i in range(0, len(queries), chunk))

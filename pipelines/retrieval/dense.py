@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import faiss
@@ -20,6 +20,7 @@ import pandas as pd
 
 from pipelines.atomic import atomic_path
 from pipelines.modeling.encoder import Encoder
+from pipelines.modeling.ray_encoder import RayEncoder
 from pipelines.modeling.runtime import RuntimeEncoder
 from pipelines.retrieval import Hits, catalog_hash, to_hits
 
@@ -74,7 +75,21 @@ class DenseChannel:
 
     def search(self, queries: Sequence[str], k: int = 100) -> Hits:
         """Top-k items per query by cosine; every item has a score, so every slot is filled."""
-        vectors = self.encoder.encode(list(queries))
+        queries = list(queries)
+        return self._search(queries, self.encoder.encode(queries), k)
+
+    def search_chunks(self, queries: Sequence[str], k: int, chunk: int) -> Iterator[Hits]:
+        """search() of each run of `chunk` queries in turn (search_all's progress steps). An encoder on
+        Ray Data encodes every chunk in one pass first (the vectors the searches would encode,
+        RayEncoder.encode_chunks): one actor pool for the run, not one per chunk."""
+        queries = list(queries)
+        vectors = self.encoder.encode_chunks(queries, chunk) if isinstance(self.encoder, RayEncoder) else None
+        for start in range(0, len(queries), chunk):
+            part = queries[start:start + chunk]
+            encoded = self.encoder.encode(part) if vectors is None else vectors[start:start + len(part)]
+            yield self._search(part, encoded, k)
+
+    def _search(self, queries: list[str], vectors: np.ndarray, k: int) -> Hits:
         with self._lock:
             for query, vector in zip(queries, vectors):
                 self._recent[query] = vector

@@ -86,7 +86,7 @@ def retrieval_prior(ctx: SignalContext) -> pd.DataFrame:
     queries = training_queries(ctx)
     items = ctx.lake.read("items")
     console.print(f"retrieval prior: {len(queries):,} training queries x {len(items):,} items")
-    channels = build_channels(items, cache_dir=retrieval_cache(ctx))
+    channels = build_channels(items, cache_dir=retrieval_cache(ctx), ray=ctx.ray)
     table = candidate_table(ctx, channels, queries, items, console)
     as_of = pd.Timestamp(ctx.as_of)
     as_of = (as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")).as_unit("us")

@@ -17,6 +17,7 @@ from feast import Entity, FeatureView, Field, FileSource
 from feast.on_demand_feature_view import OnDemandFeatureView
 
 from pipelines.lake import Lake
+from pipelines.ray_data import RayDataConfig
 from pipelines.workspace import Workspace
 
 FEATURES_DIR = "features"  # signal tables, relative to the workspace (the Feast repo_path)
@@ -69,13 +70,16 @@ def table_path(ws: Workspace, view: FeatureView) -> Path:
 
 @dataclass(frozen=True)
 class SignalContext:
-    """What a producer may read: the lake, the as-of time its rows are stamped with, a seed."""
+    """What a producer may read: the lake, the as-of time its rows are stamped with, a seed; and how
+    it may run its model passes: in-process, or with `ray` (the engine is Ray, and the command holds
+    a Ray session) on a Ray Data actor pool (pipelines.ray_data), writing the same table."""
 
     lake: Lake
     as_of: pd.Timestamp
     seed: int = 0
     quick: bool = False
     work_dir: Path | None = None  # scratch space for producers that cache models or indexes
+    ray: RayDataConfig | None = None
 
 
 Producer = Callable[[SignalContext], pd.DataFrame]

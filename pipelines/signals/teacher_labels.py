@@ -33,6 +33,9 @@ written from the lake, never from a model).
 
 The candidate table is the prior producer's own (prior.candidate_table, cached in work_dir), so
 one `signals build` searches the catalog once for both producers.
+
+With the Ray engine (ctx.ray), catalog and query encoding and the labelling pass's cross-encoder run
+on a Ray Data actor pool and write the same table (pipelines.ray_data); fitting stays in-process.
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ def fitted_teacher(ctx: SignalContext, config: TeacherConfig,
     queries = training_queries(ctx)
     items = ctx.lake.read("items")
     judgments = training_judgments(ctx, queries)
-    channels = build_channels(items, cache_dir=retrieval_cache(ctx))
+    channels = build_channels(items, cache_dir=retrieval_cache(ctx), ray=ctx.ray)
     seconds["channels"], clock = time.perf_counter() - clock, time.perf_counter()
     prior = candidate_table(ctx, channels, queries, items)
     pairs = label_pairs(queries, prior, judgments)
@@ -157,7 +160,7 @@ def teacher_labels(ctx: SignalContext, config: TeacherConfig | None = None) -> p
     config = config or (TeacherConfig.quick(ctx.seed) if ctx.quick else TeacherConfig(seed=ctx.seed))
     teacher, pairs, scorer, seconds = fitted_teacher(ctx, config, console)
     clock = time.perf_counter()
-    labels = teacher.label(pairs, scorer, max_pairs=config.cascade.max_pairs)
+    labels = teacher.label(pairs, scorer, max_pairs=config.cascade.max_pairs, ray=ctx.ray)
     seconds["label"] = time.perf_counter() - clock
     frames = []
     for version, stages, age in VERSIONS:
@@ -178,8 +181,9 @@ def teacher_labels(ctx: SignalContext, config: TeacherConfig | None = None) -> p
                "unjudged": {version: relevance_summary(labels[f"probs{stages}"][unjudged])
                             for version, stages, _ in VERSIONS},
                "wall_seconds": {k: round(v, 1) for k, v in seconds.items()},
-               "label_cpu_seconds": labels["seconds"],
-               "fit_seconds": teacher.meta["seconds"], "config": asdict(config)}
+               "label_seconds": labels["seconds"],
+               "fit_seconds": teacher.meta["seconds"], "config": asdict(config),
+               "ray": asdict(ctx.ray) if ctx.ray else None}
     write_json(teacher_work_dir(ctx) / "labels_summary.json", summary, indent=2, default=str)
     console.print(f"teacher: stage 2 on {summary['escalated']:,} of {len(pairs):,} pairs "
                   f"({summary['escalated_share']:.1%}); wall seconds {summary['wall_seconds']}")

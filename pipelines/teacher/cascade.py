@@ -52,6 +52,7 @@ from rich.console import Console
 
 from pipelines.atomic import atomic_path, write_json
 from pipelines.metrics import evaluate
+from pipelines.ray_data import RayDataConfig
 from pipelines.retrieval.pair_features import PairScorer
 from pipelines.teacher.calibrate import (
     SELECTION_COLUMNS,
@@ -205,11 +206,11 @@ class Teacher:
         raw = self.stage1.predict_proba(features)
         return raw, self.calib1.transform(raw)
 
-    def cross_encoder_probs(self, queries: list[str], titles: list[str],
-                            progress: bool = False) -> np.ndarray:
-        """Raw cross-encoder probabilities (the expensive call)."""
+    def cross_encoder_probs(self, queries: list[str], titles: list[str], progress: bool = False,
+                            ray: RayDataConfig | None = None) -> np.ndarray:
+        """Raw cross-encoder probabilities (the expensive call; on a Ray Data actor pool with `ray`)."""
         return self.cross_encoder.predict(queries, titles, batch_size=self.meta["eval_batch_size"],
-                                          progress=progress)
+                                          progress=progress, ray=ray)
 
     def stage2_probs(self, ce: np.ndarray, raw1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw and calibrated stage 2 probabilities: the cross-encoder read with stage 1's evidence."""
@@ -247,18 +248,27 @@ class Teacher:
                          tau=self.tau, tau_curve=curve.to_dict("records"))
         return curve
 
-    def label(self, pairs: pd.DataFrame, scorer: PairScorer, max_pairs: int | None = None) -> dict:
+    def label(self, pairs: pd.DataFrame, scorer: PairScorer, max_pairs: int | None = None,
+              ray: RayDataConfig | None = None) -> dict:
         """Stage 1 everywhere and the cascade: calibrated probabilities and stage per pair, plus
-        CPU seconds of each step. pairs need query_id, item_id, query_norm and the prior columns."""
-        cpu = _cpu()
+        CPU seconds (this process's: a Ray actor's are not counted) and wall seconds of each stage.
+        pairs need query_id, item_id, query_norm and the prior columns.
+
+        With `ray` (the producer's engine is Ray), the cross-encoder pass runs on a Ray Data actor
+        pool, with the same probabilities (pipelines.ray_data). Stage 1 stays here: its features read
+        the three catalog indexes and the query encoder (~330 MB on Home Depot, which every actor would
+        hold) at ~0.3 ms a pair, a twentieth or less of the cross-encoder's (benchmarks/bench_ray_data.py),
+        and the escalation choice is global (the least confident pairs of the whole run); its query
+        encoding goes to the pool when the scorer's encoder is a RayEncoder (build_channels with `ray`)."""
+        cpu, wall = _cpu(), time.perf_counter()
         raw1, cal1 = self.stage1_probs(scorer.features(pairs))
-        seconds = {"stage1_cpu": _cpu() - cpu}
+        seconds = {"stage1_cpu": _cpu() - cpu, "stage1_wall": time.perf_counter() - wall}
         mask = capped(confidence(cal1), self.tau, max_pairs)
-        cpu = _cpu()
+        cpu, wall = _cpu(), time.perf_counter()
         sub = pairs[mask]
-        ce = self.cross_encoder_probs(sub["query_norm"].tolist(), scorer.titles_of(sub["item_id"]), True)
+        ce = self.cross_encoder_probs(sub["query_norm"].tolist(), scorer.titles_of(sub["item_id"]), True, ray)
         _raw2, cal2 = self.stage2_probs(ce, raw1[mask])
-        seconds["stage2_cpu"] = _cpu() - cpu
+        seconds.update(stage2_cpu=_cpu() - cpu, stage2_wall=time.perf_counter() - wall)
         probs2, stage2 = combine(cal1, cal2, mask)
         return {"probs1": cal1, "stage1": np.ones(len(pairs), np.int64), "probs2": probs2, "stage2": stage2,
                 "seconds": {k: round(v, 1) for k, v in seconds.items()}}

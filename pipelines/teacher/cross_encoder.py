@@ -46,7 +46,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from pipelines.atomic import atomic_path, write_json
-from pipelines.modeling.encoder import bf16_is_fast, mean_pool, offline_transformers
+from pipelines.modeling.encoder import bf16_is_fast, length_batches, mean_pool, offline_transformers
+from pipelines.ray_data import Columns, RayDataConfig, run_batches
 from pipelines.settings import available_cores
 from pipelines.teacher.grades import GRADES, from_cumulative
 
@@ -169,25 +170,46 @@ class CrossEncoder(nn.Module):
         return self.head(mean_pool(hidden, batch["attention_mask"]))  # (B, 3)
 
     @torch.inference_mode()
+    def cumulative(self, queries: Sequence[str], titles: Sequence[str]) -> np.ndarray:
+        """(B, 3) P(grade >= k), k = 1..3, of one batch as one forward (padded to its longest pair)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self(list(queries), list(titles))
+        return torch.sigmoid(logits.float()).double().numpy()
+
+    @torch.inference_mode()
     def predict(self, queries: Sequence[str], titles: Sequence[str], batch_size: int = 128,
-                progress: bool = False) -> np.ndarray:
-        """(n, 4) grade probabilities, in input order; pairs are batched by length (less padding)."""
+                progress: bool = False, ray: RayDataConfig | None = None) -> np.ndarray:
+        """(n, 4) grade probabilities, in input order; pairs are batched by length (less padding).
+
+        With `ray`, a pass of ray.min_rows pairs or more runs on a Ray Data actor pool, each actor
+        running the same length-sorted batches (pipelines.ray_data): the same probabilities."""
         self.eval()
         queries, titles = list(queries), list(titles)
+        plan = length_batches([len(q) + len(t) for q, t in zip(queries, titles)], batch_size)
+        if ray is not None and ray.runs(len(queries)):
+            cum = run_batches({"query": queries, "title": titles}, plan, PredictWorker, self, ray,
+                              "cross-encoder (Ray)", progress)["cum"]
+            return from_cumulative(cum)
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         cum = np.zeros((len(queries), GRADES - 1))
-        order = np.argsort([len(q) + len(t) for q, t in zip(queries, titles)], kind="stable")
         with Progress(*_COLUMNS, disable=not progress, transient=True) as bar:
-            task = bar.add_task("cross-encoder", total=len(order), info="")
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                    logits = self([queries[i] for i in idx], [titles[i] for i in idx])
-                cum[idx] = torch.sigmoid(logits.float()).double().numpy()
+            task = bar.add_task("cross-encoder", total=len(queries), info="")
+            for idx in plan:
+                cum[idx] = self.cumulative([queries[i] for i in idx], [titles[i] for i in idx])
                 bar.advance(task, len(idx))
         torch.set_num_threads(threads)
         return from_cumulative(cum)
+
+
+class PredictWorker:
+    """A Ray Data actor's cross-encoder (CrossEncoder.predict with `ray`): one planned batch per call."""
+
+    def __init__(self, model: CrossEncoder):
+        self.model = model.eval()
+
+    def __call__(self, batch: Columns) -> Columns:
+        return {"cum": self.model.cumulative(batch["query"].tolist(), batch["title"].tolist())}
 
 
 _COLUMNS = (TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
