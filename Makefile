@@ -30,7 +30,7 @@ test: setup
 # each on tiny data, JSON to $TMPDIR/unisup-bench-quick/ (benchmarks/results/ keeps the committed figures).
 BENCH_ARGS ?=
 bench: setup
-	@status=0; for script in bench_materialize bench_sqlite bench_dataset bench_online bench_encoder serve_bench; do \
+	@status=0; for script in bench_materialize bench_sqlite bench_dataset bench_online bench_encoder bench_ray_data serve_bench; do \
 	  echo "== benchmarks/$$script.py $(BENCH_ARGS)"; \
 	  $(BIN)/python benchmarks/$$script.py $(BENCH_ARGS) || status=1; \
 	done; exit $$status
